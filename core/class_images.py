@@ -1,0 +1,66 @@
+"""Class images for prior preservation: reuse what the folder has, generate the rest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from .config import ClassImagesConfig
+from .data.images import ImageFolder, scan_image_folder
+from .errors import StopRequested
+from .events import Callback, StopFlag, emit
+from .fsutil import atomic_write_text
+from .models.pipeline import DTYPES, load_pipeline, native_resolution
+from .train.report import save_png
+
+
+def missing_class_indices(folder: Path, have: int, want: int) -> list[int]:
+    """Indices k of the images to generate, as `class_{k:05d}.png` names not yet taken."""
+    needed, k, out = want - have, 0, []
+    while len(out) < needed:
+        if not (folder / f"class_{k:05d}.png").exists():
+            out.append(k)
+        k += 1
+    return out
+
+
+def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callback] = (),
+                          stop: Optional[StopFlag] = None, pipe=None) -> ImageFolder:
+    """Top up `config.class_data_dir` to `num_class_images`; image k is drawn with seed + k.
+
+    Each new image gets a JSON sidecar with its prompt, seed and settings. Stopping
+    keeps every image already written (a rerun continues where it stopped).
+    """
+    callbacks = list(callbacks)
+    folder = Path(config.class_data_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = scan_image_folder(folder, "class", required=False)
+    todo = missing_class_indices(folder, len(existing.images), config.num_class_images)
+    if not todo:
+        return existing
+    pipe = pipe or load_pipeline(config.pretrained_model_name_or_path, DTYPES[config.prior_generation_precision],
+                                 variant=config.variant)
+    size = config.resolution or native_resolution(pipe)
+    emit(callbacks, "start", 0, len(todo), job="class-images", folder=str(folder))
+    for start in range(0, len(todo), config.sample_batch_size):
+        if stop is not None and stop.is_set():
+            raise StopRequested(f"Class-image generation stopped after {start} of {len(todo)} images; "
+                                "run again to continue.")
+        batch = todo[start:start + config.sample_batch_size]
+        generators = [torch.Generator("cpu").manual_seed(config.seed + k) for k in batch]
+        with torch.no_grad():
+            images = pipe(config.class_prompt, num_images_per_prompt=len(batch), generator=generators,
+                          num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                          height=size, width=size).images
+        for k, image in zip(batch, images):
+            path = folder / f"class_{k:05d}.png"
+            sidecar = {"prompt": config.class_prompt, "seed": config.seed + k, "steps": config.num_inference_steps,
+                       "guidance_scale": config.guidance_scale, "size": size,
+                       "model": str(config.pretrained_model_name_or_path)}
+            atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
+            save_png(image, path)
+        emit(callbacks, "progress", start + len(batch), len(todo), job="class-images")
+    return scan_image_folder(folder, "class")

@@ -1,0 +1,298 @@
+"""Job configurations: the single source of truth for every job.
+
+Each job (train, class images, generate) has one dataclass. CLI flags, TOML files,
+ComfyUI node inputs and A1111 tab fields all map onto these fields by name; the
+trainer reads them and never mutates them; a copy is saved beside every output.
+
+Field names follow diffusers' `examples/dreambooth/train_dreambooth.py` so that
+existing command lines keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .fsutil import atomic_write_text
+
+
+def opt(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with help text (shown by the CLI and the UIs)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+# Flags of diffusers' script that we accept so command lines parse, but cannot honour.
+# Each maps to the reason shown to the user; a set value fails validation.
+UNSUPPORTED_FLAGS = {
+    "push_to_hub": "pushing to the Hugging Face Hub is not supported; upload output_dir yourself",
+    "hub_token": "pushing to the Hugging Face Hub is not supported",
+    "hub_model_id": "pushing to the Hugging Face Hub is not supported",
+    "class_labels_conditioning": "class-label conditioning (DeepFloyd IF upscaler) is not supported",
+    "validation_images": "image-conditioned validation (DeepFloyd IF upscaler) is not supported",
+}
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a DreamBooth training run needs."""
+
+    # --- model and data -------------------------------------------------------
+    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder (or hub id when online).")
+    revision: Optional[str] = opt(None, "Revision of the base model on the hub.")
+    variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
+    tokenizer_name: Optional[str] = opt(None, "Tokenizer folder, if not the base model's.")
+    instance_data_dir: Optional[str] = opt(None, "Folder with the subject's photos (3-30 images).")
+    class_data_dir: Optional[str] = opt(None, "Folder of class images for prior preservation (topped up by generation). Default: OUTPUT_DIR/class_images.")
+    instance_prompt: Optional[str] = opt(None, "Prompt with the rare identifier, e.g. 'a photo of sks dog'.")
+    class_prompt: Optional[str] = opt(None, "Prompt for the class, e.g. 'a photo of dog'.")
+    with_prior_preservation: bool = opt(False, "Add the class-specific prior-preservation loss.")
+    prior_loss_weight: float = opt(1.0, "Weight of the prior-preservation loss.")
+    num_class_images: int = opt(100, "Minimum number of class images; missing ones are generated with the base model.")
+    output_dir: str = opt("dreambooth-model", "Where the model, checkpoints, samples, loss plot and config go.")
+    seed: Optional[int] = opt(None, "Seed for reproducible training.")
+    resolution: int = opt(512, "Training resolution (images are resized, then cropped to a square).")
+    center_crop: bool = opt(False, "Center-crop instead of random-crop.")
+    random_flip: bool = opt(False, "Randomly flip images horizontally.")
+    # --- what to train --------------------------------------------------------
+    train_text_encoder: bool = opt(False, "Also train the text encoder.")
+    use_lora: bool = opt(False, "Train LoRA adapters instead of the full weights.")
+    rank: int = opt(4, "LoRA rank.")
+    lora_alpha: Optional[int] = opt(None, "LoRA alpha (default: equal to the rank).")
+    # --- schedule -------------------------------------------------------------
+    train_batch_size: int = opt(4, "Instance images per step (as many class images are added).")
+    sample_batch_size: int = opt(4, "Batch size when generating class images.")
+    num_train_epochs: int = opt(1, "Epochs (overridden by max_train_steps).")
+    max_train_steps: Optional[int] = opt(None, "Total optimizer steps; overrides num_train_epochs.")
+    checkpointing_steps: int = opt(500, "Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: Optional[int] = opt(None, "Keep at most this many checkpoints.")
+    resume_from_checkpoint: Optional[str] = opt(None, "A checkpoint folder, or 'latest'.")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
+    gradient_checkpointing: bool = opt(False, "Trade compute for memory in the UNet (and text encoder).")
+    learning_rate: float = opt(5e-6, "Initial learning rate (after warmup).")
+    scale_lr: bool = opt(False, "Scale the learning rate by GPUs, accumulation steps and batch size.")
+    lr_scheduler: str = opt("constant", "One of " + ", ".join(LR_SCHEDULERS) + ".", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = opt(500, "Warmup steps of the scheduler.")
+    lr_num_cycles: int = opt(1, "Hard resets of cosine_with_restarts.")
+    lr_power: float = opt(1.0, "Power of the polynomial scheduler.")
+    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (must be installed).")
+    dataloader_num_workers: int = opt(0, "Data-loading subprocesses.")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    adam_weight_decay: float = opt(1e-2, "AdamW weight decay.")
+    adam_epsilon: float = opt(1e-08, "AdamW epsilon.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
+    # --- loss -----------------------------------------------------------------
+    offset_noise: bool = opt(False, "Add offset noise (0.1) to the sampled noise.")
+    snr_gamma: Optional[float] = opt(None, "Min-SNR weighting gamma (5.0 is recommended); off when unset.")
+    # --- precision and memory -------------------------------------------------
+    mixed_precision: Optional[str] = opt(None, "no, fp16 or bf16 (default: accelerate's setting).", choices=MIXED_PRECISIONS)
+    prior_generation_precision: Optional[str] = opt(None, "Precision of class-image generation: no, fp32, fp16, bf16.", choices=("no", "fp32", "fp16", "bf16"))
+    allow_tf32: bool = opt(False, "Allow TF32 matmuls on Ampere GPUs.")
+    enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (must be installed).")
+    set_grads_to_none: bool = opt(False, "Set gradients to None instead of zero (saves memory).")
+    pre_compute_text_embeddings: bool = opt(False, "Encode prompts once and free the text encoder.")
+    tokenizer_max_length: Optional[int] = opt(None, "Tokenizer max length (default: the tokenizer's).")
+    text_encoder_use_attention_mask: bool = opt(False, "Pass the attention mask to the text encoder.")
+    # --- outputs and validation ----------------------------------------------
+    skip_save_text_encoder: bool = opt(False, "Do not save the text encoder with the final model.")
+    validation_prompt: Optional[str] = opt(None, "Prompt(s) for sample grids, separated by '|'.")
+    num_validation_images: int = opt(4, "Images per validation prompt.")
+    validation_steps: int = opt(100, "Write a sample grid every N steps.")
+    validation_scheduler: str = opt("DPMSolverMultistepScheduler", "Scheduler for validation images.", choices=("DPMSolverMultistepScheduler", "DDPMScheduler"))
+    num_validation_inference_steps: int = opt(25, "Denoising steps for validation images.")
+    # --- logging and launch (accepted for compatibility) ---------------------
+    logging_dir: str = opt("logs", "Tracker log folder, under output_dir.")
+    report_to: str = opt("none", "Trackers for accelerate (tensorboard, wandb, all, none). Our loss plot is always written.")
+    local_rank: int = opt(-1, "Set by the launcher; accepted for compatibility.")
+    stop_file: Optional[str] = opt(None, "If this file appears, save a resumable checkpoint and stop.")
+    # --- unsupported flags of diffusers' script (validated below) -------------
+    push_to_hub: bool = opt(False, UNSUPPORTED_FLAGS["push_to_hub"])
+    hub_token: Optional[str] = opt(None, UNSUPPORTED_FLAGS["hub_token"])
+    hub_model_id: Optional[str] = opt(None, UNSUPPORTED_FLAGS["hub_model_id"])
+    class_labels_conditioning: Optional[str] = opt(None, UNSUPPORTED_FLAGS["class_labels_conditioning"])
+    validation_images: Optional[list[str]] = opt(None, UNSUPPORTED_FLAGS["validation_images"], nargs="+")
+
+    def __post_init__(self) -> None:
+        problems = list(_train_problems(self))
+        if problems:
+            raise ConfigError("Invalid training configuration:\n  - " + "\n  - ".join(problems))
+
+    # Derived values live here, not in the trainer, so every adapter sees the same.
+    @property
+    def resolved_class_data_dir(self) -> str:
+        return self.class_data_dir or str(Path(self.output_dir) / "class_images")
+
+    @property
+    def resolved_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else self.rank
+
+    @property
+    def validation_prompts(self) -> list[str]:
+        if not self.validation_prompt:
+            return []
+        return [p.strip() for p in self.validation_prompt.split("|") if p.strip()]
+
+
+def _train_problems(c: TrainConfig):
+    for name, reason in UNSUPPORTED_FLAGS.items():
+        value = getattr(c, name)
+        if value not in (None, False):
+            yield f"--{name}: {reason}."
+    if not c.pretrained_model_name_or_path:
+        yield "--pretrained_model_name_or_path is required (a diffusers folder; `dreambooth make-tiny-model DIR` builds a test one)."
+    if not c.instance_data_dir:
+        yield "--instance_data_dir is required: the folder with your subject's photos."
+    if not c.instance_prompt:
+        yield "--instance_prompt is required, e.g. 'a photo of sks dog'."
+    if c.with_prior_preservation and not c.class_prompt:
+        yield "--with_prior_preservation needs --class_prompt, e.g. 'a photo of dog'."
+    if c.train_text_encoder and c.pre_compute_text_embeddings:
+        yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
+    positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",
+                "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "rank",
+                "num_validation_images", "num_validation_inference_steps")
+    for name in positive:
+        if getattr(c, name) < 1:
+            yield f"--{name} must be at least 1 (got {getattr(c, name)})."
+    if c.max_train_steps is not None and c.max_train_steps < 1:
+        yield f"--max_train_steps must be at least 1 (got {c.max_train_steps})."
+    if c.resolution % 8:
+        yield f"--resolution must be a multiple of 8 (got {c.resolution})."
+    if c.num_class_images < 0 or c.prior_loss_weight < 0 or c.learning_rate <= 0:
+        yield "--num_class_images and --prior_loss_weight must be >= 0 and --learning_rate > 0."
+    if c.checkpoints_total_limit is not None and c.checkpoints_total_limit < 1:
+        yield "--checkpoints_total_limit must be at least 1."
+    yield from _choice_problems(c)
+
+
+def _choice_problems(c):
+    for f in dataclasses.fields(c):
+        choices = f.metadata.get("choices")
+        value = getattr(c, f.name)
+        if choices and value is not None and value not in choices:
+            yield f"--{f.name} must be one of {', '.join(choices)} (got {value!r})."
+
+
+SCHEDULERS = ("DDIM", "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDPM", "PNDM")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Text-to-image generation from a trained model."""
+
+    model: Optional[str] = opt(None, "A trained output folder or a diffusers model folder.")
+    prompt: Optional[str] = opt(None, "What to draw, e.g. 'a photo of sks dog on the beach'.")
+    negative_prompt: str = opt("", "What to avoid.")
+    num_images: int = opt(4, "How many images.")
+    batch_size: int = opt(4, "Images per forward pass.")
+    seed: int = opt(0, "Seed of the first image; image i uses seed + i.")
+    num_inference_steps: int = opt(30, "Denoising steps.")
+    guidance_scale: float = opt(7.5, "Classifier-free guidance scale.")
+    scheduler: str = opt("DPM++ 2M Karras", "Sampler: " + ", ".join(SCHEDULERS) + ".", choices=SCHEDULERS)
+    width: Optional[int] = opt(None, "Width in pixels (default: the model's native size).")
+    height: Optional[int] = opt(None, "Height in pixels (default: the model's native size).")
+    output_dir: str = opt("generated", "Where the PNGs go.")
+    precision: str = opt("fp32", "fp32, fp16 or bf16.", choices=("fp32", "fp16", "bf16"))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.model:
+            problems.append("--model is required: a trained output folder or a diffusers model folder.")
+        if not self.prompt:
+            problems.append("--prompt is required.")
+        for name in ("num_images", "batch_size", "num_inference_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name} must be at least 1.")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and (v < 8 or v % 8):
+                problems.append(f"--{name} must be a positive multiple of 8 (got {v}).")
+        problems.extend(_choice_problems(self))
+        if problems:
+            raise ConfigError("Invalid generation configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class ClassImagesConfig:
+    """Top up a class-image folder with images the base model draws for the class prompt."""
+
+    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder.")
+    class_prompt: Optional[str] = opt(None, "Prompt for the class, e.g. 'a photo of dog'.")
+    class_data_dir: Optional[str] = opt(None, "Folder to fill; existing images are reused.")
+    num_class_images: int = opt(100, "How many class images the folder should hold.")
+    sample_batch_size: int = opt(4, "Images per forward pass.")
+    seed: int = opt(0, "Seed of the first generated image; image i uses seed + i.")
+    num_inference_steps: int = opt(25, "Denoising steps per image.")
+    guidance_scale: float = opt(7.5, "Classifier-free guidance scale.")
+    resolution: Optional[int] = opt(None, "Image size (default: the model's native size).")
+    prior_generation_precision: Optional[str] = opt(None, "no, fp32, fp16 or bf16.", choices=("no", "fp32", "fp16", "bf16"))
+    variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.pretrained_model_name_or_path:
+            problems.append("--pretrained_model_name_or_path is required.")
+        if not self.class_prompt:
+            problems.append("--class_prompt is required, e.g. 'a photo of dog'.")
+        if not self.class_data_dir:
+            problems.append("--class_data_dir is required.")
+        if self.num_class_images < 0 or self.sample_batch_size < 1:
+            problems.append("--num_class_images must be >= 0 and --sample_batch_size >= 1.")
+        problems.extend(_choice_problems(self))
+        if problems:
+            raise ConfigError("Invalid class-image configuration:\n  - " + "\n  - ".join(problems))
+
+
+JOB_CONFIGS = {"train": TrainConfig, "generate": GenerateConfig, "class-images": ClassImagesConfig}
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls, data: dict):
+    """Build a config from a mapping, rejecting unknown keys with the list of valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"Unknown {cls.__name__} option(s): {', '.join(unknown)}. "
+                          f"Valid options: {', '.join(sorted(names))}.")
+    return cls(**data)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a .toml or .json config file into a plain dict (no validation yet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"Cannot parse {path}: {e}") from e
+    # a saved job file wraps the config with its job kind
+    return data.get("config", data) if isinstance(data.get("config"), dict) else data
+
+
+def save_job_file(path: str | Path, job: str, config) -> Path:
+    """Save a job (its kind plus its config) as JSON, atomically. Workers start from this."""
+    payload = {"job": job, "config": config_to_dict(config)}
+    return atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=True))
+
+
+def load_job_file(path: str | Path):
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    job = data.get("job")
+    if job not in JOB_CONFIGS:
+        raise ConfigError(f"{path}: unknown job {job!r}; expected one of {', '.join(JOB_CONFIGS)}.")
+    return job, config_from_dict(JOB_CONFIGS[job], data["config"])

@@ -1,0 +1,1 @@
+"""Training data: image loading, captions, the DreamBooth dataset."""

@@ -1,0 +1,72 @@
+"""Inference pipelines and samplers, named as A1111 and ComfyUI users know them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import ModelLoadError
+from .load import check_model_path
+
+DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: torch.float32}
+
+
+def make_scheduler(name: str, base_config):
+    """A1111 sampler name -> a diffusers scheduler built from the model's scheduler config."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                           EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler)
+    table = {
+        "DDIM": (DDIMScheduler, {}),
+        "Euler a": (EulerAncestralDiscreteScheduler, {}),
+        "Euler": (EulerDiscreteScheduler, {}),
+        "DPM++ 2M": (DPMSolverMultistepScheduler, {}),
+        "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+        "DDPM": (DDPMScheduler, {}),
+        "PNDM": (PNDMScheduler, {}),
+        "DPMSolverMultistepScheduler": (DPMSolverMultistepScheduler, {}),
+        "DDPMScheduler": (DDPMScheduler, {}),
+    }
+    if name not in table:
+        raise ModelLoadError(f"Unknown scheduler {name!r}; choose one of {', '.join(table)}.")
+    cls, extra = table[name]
+    return cls.from_config(base_config, **extra)
+
+
+def resolve_model_dir(path: str) -> tuple[Path, Optional[Path]]:
+    """A model argument -> (diffusers folder, optional LoRA file).
+
+    Accepts a diffusers folder, one of our training outputs (full model in model/,
+    or a LoRA whose base is named in the saved config).
+    """
+    p = Path(path).expanduser()
+    if (p / "model" / "model_index.json").is_file():
+        return p / "model", None
+    lora = p / "pytorch_lora_weights.safetensors"
+    saved = p / "dreambooth_config.json"
+    if lora.is_file() and saved.is_file():
+        base = json.loads(saved.read_text(encoding="utf-8")).get("pretrained_model_name_or_path")
+        return check_model_path(base), lora
+    return check_model_path(str(p)), None
+
+
+def load_pipeline(path: str, dtype: torch.dtype = torch.float32, variant: Optional[str] = None,
+                  lora_scale: float = 1.0):
+    from diffusers import StableDiffusionPipeline
+    root, lora = resolve_model_dir(path)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, variant=variant,
+                                                       safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"Cannot load the Stable Diffusion pipeline at {root}: {e}") from e
+    if lora is not None:
+        pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+        pipe.fuse_lora(lora_scale=lora_scale)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def native_resolution(pipe) -> int:
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -1,0 +1,132 @@
+"""Building the pieces the loop needs: accelerator, trainable models, optimizer, data."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..data.dataset import DreamBoothDataset, collate
+from ..errors import ConfigError
+
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_accelerator(config):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    out = Path(config.output_dir)
+    log_with = None if config.report_to in (None, "", "none") else config.report_to
+    return Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / config.logging_dir)),
+    )
+
+
+def check_optional_features(config) -> None:
+    """Features that need optional packages fail before any work is done."""
+    if config.enable_xformers_memory_efficient_attention and importlib.util.find_spec("xformers") is None:
+        raise ConfigError("--enable_xformers_memory_efficient_attention needs xformers: pip install xformers "
+                          "(or drop the flag; PyTorch's SDPA attention is used by default).")
+    if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or drop the flag).")
+
+
+def add_lora(model, rank: int, alpha: int, target_modules: list[str]) -> None:
+    from peft import LoraConfig
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                 target_modules=target_modules))
+
+
+UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def prepare_models(components, config, weight_dtype: torch.dtype, device) -> list[torch.nn.Module]:
+    """Freeze what is not trained, add LoRA if asked, move to device; returns the trained modules."""
+    unet, text_encoder, vae = components.unet, components.text_encoder, components.vae
+    vae.requires_grad_(False)
+    unet.requires_grad_(not config.use_lora)
+    text_encoder.requires_grad_(config.train_text_encoder and not config.use_lora)
+    if config.use_lora:
+        add_lora(unet, config.rank, config.resolved_lora_alpha, UNET_LORA_TARGETS)
+        if config.train_text_encoder:
+            add_lora(text_encoder, config.rank, config.resolved_lora_alpha, TEXT_LORA_TARGETS)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    if config.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
+    trained = [unet] + ([text_encoder] if config.train_text_encoder else [])
+    # Frozen parts run in the low-precision dtype; trained full weights stay fp32 for the optimizer.
+    vae.to(device, dtype=weight_dtype)
+    for module in (unet, text_encoder):
+        module.to(device, dtype=torch.float32 if module in trained else weight_dtype)
+    if config.use_lora:  # LoRA: base weights low precision, adapters fp32
+        for module in trained:
+            module.to(dtype=weight_dtype)
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+    return trained
+
+
+def trainable_parameters(modules) -> list[torch.nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def make_optimizer(params, config, learning_rate: float):
+    if config.use_8bit_adam:
+        import bitsandbytes as bnb
+        cls = bnb.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return cls(params, lr=learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+               weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+
+
+def make_lr_scheduler(optimizer, config, max_train_steps: int, num_processes: int):
+    from diffusers.optimization import get_scheduler
+    return get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                         num_warmup_steps=config.lr_warmup_steps * num_processes,
+                         num_training_steps=max_train_steps * num_processes,
+                         num_cycles=config.lr_num_cycles, power=config.lr_power)
+
+
+class EpochShuffleSampler(Sampler):
+    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_dataloader(dataset: DreamBoothDataset, config, seed: int):
+    sampler = EpochShuffleSampler(len(dataset), seed)
+    loader = DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=config.dataloader_num_workers)
+    return loader, sampler
+
+
+def schedule_lengths(config, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(updates per epoch, max train steps, epochs), as in diffusers' script."""
+    updates_per_epoch = max(1, math.ceil(batches_per_epoch / config.gradient_accumulation_steps))
+    max_steps = config.max_train_steps or config.num_train_epochs * updates_per_epoch
+    epochs = math.ceil(max_steps / updates_per_epoch)
+    return updates_per_epoch, max_steps, epochs
