@@ -1,0 +1,147 @@
+"""The `dreambooth` command line: argparse only here; every flag maps onto a config field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from typing import Optional
+
+from .config import (ClassImagesConfig, GenerateConfig, TrainConfig, config_from_dict, load_config_file)
+from .errors import DreamBoothError
+from .events import StopFlag
+
+
+def _base_type(hint):
+    """Optional[int] -> int; list[str] -> (list, str)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        return _base_type(args[0])
+    if typing.get_origin(hint) is list:
+        return (list, typing.get_args(hint)[0])
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field, named as the field; defaults are left to the dataclass."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _base_type(hints[f.name])
+        kw = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS, "dest": f.name}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(kind, tuple):
+            kw.update(nargs="+", type=kind[1])
+        else:
+            kw["type"] = kind
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+        parser.add_argument(f"--{f.name}", **kw)
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """Config-file values first, then the flags given on the command line."""
+    values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return config_from_dict(cls, values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreambooth", description="DreamBooth fine-tuning for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cls, text in (("train", TrainConfig, "Fine-tune a model on your subject."),
+                            ("generate", GenerateConfig, "Draw images with a trained model."),
+                            ("class-images", ClassImagesConfig, "Generate class images for prior preservation.")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", help="A .toml or .json file of options (flags given here override it).")
+        add_config_arguments(p, cls)
+    p = sub.add_parser("demo", help="Run the whole job on a built-in default (no model needed).")
+    p.add_argument("--output_dir", default="dreambooth-demo", help="Where the demo writes everything.")
+    p.add_argument("--max_train_steps", type=int, default=None, help="Override the demo's number of steps.")
+    p = sub.add_parser("make-tiny-model", help="Build a tiny random-weight SD model folder offline (for tests).")
+    p.add_argument("dest", help="Folder to create.")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("worker", help="Run a saved job file, streaming events as JSON lines (for UIs).")
+    p.add_argument("job_file", help="A job file written by sksbooth.config.save_job_file.")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DreamBoothError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(args) -> int:
+    from .progress import TqdmProgress
+    from .train.loop import train
+    config = config_from_args(TrainConfig, args)
+    stop = StopFlag(config.stop_file)
+    restore = stop.install_signal_handlers()
+    try:
+        with TqdmProgress() as progress:
+            result = train(config, callbacks=[progress], stop=stop)
+    finally:
+        restore()
+    if result.stopped:
+        print(f"Stopped at step {result.global_step}; checkpoint saved in {result.last_checkpoint}.\n"
+              f"Resume with the same command plus --resume_from_checkpoint latest.")
+        return 130
+    print(f"Model: {result.model_path}\nLoss plot: {result.output_dir / 'loss.png'}")
+    if config.validation_prompts:
+        print(f"Samples: {result.output_dir / 'samples'}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+    from .progress import TqdmProgress
+    with TqdmProgress() as progress:
+        paths = generate(config_from_args(GenerateConfig, args), callbacks=[progress])
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_class_images(args) -> int:
+    from .class_images import generate_class_images
+    from .progress import TqdmProgress
+    config = config_from_args(ClassImagesConfig, args)
+    stop = StopFlag()
+    restore = stop.install_signal_handlers()
+    try:
+        with TqdmProgress() as progress:
+            folder = generate_class_images(config, callbacks=[progress], stop=stop)
+    finally:
+        restore()
+    print(f"{len(folder.images)} class images in {folder.folder}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args.output_dir, max_train_steps=args.max_train_steps)
+
+
+def cmd_make_tiny_model(args) -> int:
+    from .models.tiny import make_tiny_model
+    print(make_tiny_model(args.dest, seed=args.seed))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from .jobs.worker import run_worker
+    return run_worker(args.job_file)
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "class-images": cmd_class_images, "demo": cmd_demo,
+            "make-tiny-model": cmd_make_tiny_model, "worker": cmd_worker}
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
