@@ -17,11 +17,16 @@ from .models.pipeline import DTYPES, load_pipeline, native_resolution
 from .train.report import save_png
 
 
-def missing_class_indices(folder: Path, have: int, want: int) -> list[int]:
-    """Indices k of the images to generate, as `class_{k:05d}.png` names not yet taken."""
+def missing_class_indices(folder: Path, have: int, want: int, unreadable: Iterable[str] = ()) -> list[int]:
+    """Indices k of the images to generate, as `class_{k:05d}.png` names not yet taken.
+
+    A name in `unreadable` (a corrupt or truncated file) is free again: it is regenerated.
+    """
+    unreadable = set(unreadable)
     needed, k, out = want - have, 0, []
     while len(out) < needed:
-        if not (folder / f"class_{k:05d}.png").exists():
+        name = f"class_{k:05d}.png"
+        if name in unreadable or not (folder / name).exists():
             out.append(k)
         k += 1
     return out
@@ -38,11 +43,12 @@ def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callbac
     folder = Path(config.class_data_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     existing = scan_image_folder(folder, "class", required=False)
-    todo = missing_class_indices(folder, len(existing.images), config.num_class_images)
+    todo = missing_class_indices(folder, len(existing.images), config.num_class_images, existing.skipped)
     if not todo:
         return existing
-    pipe = pipe or load_pipeline(config.pretrained_model_name_or_path, DTYPES[config.prior_generation_precision],
-                                 variant=config.variant)
+    if pipe is None:
+        pipe = load_pipeline(config.pretrained_model_name_or_path, DTYPES[config.prior_generation_precision],
+                             variant=config.variant)
     size = config.resolution or native_resolution(pipe)
     emit(callbacks, "start", 0, len(todo), job="class-images", folder=str(folder))
     for start in range(0, len(todo), config.sample_batch_size):

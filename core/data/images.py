@@ -23,8 +23,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         arr = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
         image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    if image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None:
+        # a palette entry or a colour (PNG tRNS chunk, GIF) marks transparent pixels
+        image = image.convert("RGBA")
+    elif image.mode == "P":
+        image = image.convert("RGB")
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,11 +22,35 @@ class SDComponents:
     noise_scheduler: Any
 
 
-def check_model_path(path: Optional[str]) -> Path:
-    """Resolve a base-model path, with an actionable message for each way it can be wrong."""
+TRUE_VALUES = ("1", "ON", "YES", "TRUE")  # as huggingface_hub reads its environment variables
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in TRUE_VALUES
+
+
+def in_hub_cache(repo_id: str, revision: Optional[str] = None) -> bool:
+    """Whether a hub model was downloaded before (its model_index.json is in the local cache)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+    except Exception:  # an odd id or a broken cache: treat as not cached
+        return False
+    return isinstance(found, str)
+
+
+def check_model_path(path: Optional[str], revision: Optional[str] = None) -> Path:
+    """Resolve a base-model path, with an actionable message for each way it can be wrong.
+
+    Returns the local folder, or, for a hub id (`owner/name`), the id itself: with
+    HF_HUB_OFFLINE set, only if the model is already in the local Hugging Face cache.
+    """
     if not path:
         raise ModelLoadError("No base model given. Pass --pretrained_model_name_or_path DIR "
                              "(a diffusers folder); `dreambooth make-tiny-model DIR` builds a test one.")
+    path = str(path)
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix.lower() in SINGLE_FILE_SUFFIXES:
@@ -35,16 +60,20 @@ def check_model_path(path: Optional[str]) -> Path:
         raise ModelLoadError(f"{p} is not a model: expected a diffusers folder with model_index.json.")
     if p.is_dir():
         if not (p / "model_index.json").is_file():
-            hint = " It looks like one of our output folders; use its model/ subfolder." if (p / "model" / "model_index.json").is_file() else ""
+            hint = (" It looks like one of our output folders; use its model/ subfolder."
+                    if (p / "model" / "model_index.json").is_file() else
+                    " Pass the folder that holds model_index.json, unet/, vae/, text_encoder/ and tokenizer/.")
             raise ModelLoadError(f"{p} is not a diffusers model folder (no model_index.json).{hint}")
         return p
-    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
-    if looks_like_hub_id and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        raise ModelLoadError(f"{path!r} is not a local folder, and HF_HUB_OFFLINE is set, so it cannot be "
-                             "downloaded. Download the model once with network access, or pass a local folder.")
+    looks_like_hub_id = bool(HUB_ID.match(path))
     if not looks_like_hub_id:
-        raise ModelLoadError(f"Model path {p} does not exist.")
-    return Path(path)  # a hub id; from_pretrained fetches it (online only)
+        raise ModelLoadError(f"Model path {p} does not exist. Pass an existing diffusers model folder "
+                             "(one with model_index.json); `dreambooth make-tiny-model DIR` builds a test one.")
+    if hub_offline() and not in_hub_cache(path, revision):
+        raise ModelLoadError(f"{path!r} is not a local folder, and HF_HUB_OFFLINE is set, so it cannot be "
+                             "downloaded (it is not in the Hugging Face cache either). Download the model once "
+                             "with network access, or pass a local diffusers folder.")
+    return Path(path)  # a hub id; from_pretrained fetches it, or reads it from the cache when offline
 
 
 def load_components(path: str, revision: Optional[str] = None, variant: Optional[str] = None,
@@ -52,7 +81,7 @@ def load_components(path: str, revision: Optional[str] = None, variant: Optional
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    root = str(check_model_path(path))
+    root = str(check_model_path(path, revision))
     kw = {"revision": revision}
     try:
         return SDComponents(

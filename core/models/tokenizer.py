@@ -45,7 +45,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    lines = gzip.open(bpe_vocab_path(), "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_vocab_path(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = lines[1:NUM_MERGES + 1]
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + [BOS, EOS]
