@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -79,9 +80,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def cmd_train(args) -> int:
+    config = config_from_args(TrainConfig, args)  # validate before importing the heavy stack
     from .progress import TqdmProgress
     from .train.loop import train
-    config = config_from_args(TrainConfig, args)
     stop = StopFlag(config.stop_file)
     restore = stop.install_signal_handlers()
     try:
@@ -143,5 +144,4 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "class-images": cmd_cl
             "make-tiny-model": cmd_make_tiny_model, "worker": cmd_worker}
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

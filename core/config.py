@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ConfigError
 from .fsutil import atomic_write_text
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (A1111 1.10 runs on it)
+    import tomli as tomllib
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -123,7 +129,7 @@ class TrainConfig:
     validation_images: Optional[list[str]] = opt(None, UNSUPPORTED_FLAGS["validation_images"], nargs="+")
 
     def __post_init__(self) -> None:
-        problems = list(_train_problems(self))
+        problems = list(_type_problems(self)) or list(_train_problems(self))
         if problems:
             raise ConfigError("Invalid training configuration:\n  - " + "\n  - ".join(problems))
 
@@ -175,6 +181,34 @@ def _train_problems(c: TrainConfig):
     yield from _choice_problems(c)
 
 
+def _field_kind(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        return _field_kind(args[0])
+    return typing.get_origin(hint) or hint
+
+
+def _type_problems(c):
+    """Values from TOML, JSON or a UI arrive untyped; "false" must not pass as a true bool."""
+    hints = typing.get_type_hints(type(c))
+    for f in dataclasses.fields(c):
+        value, kind = getattr(c, f.name), _field_kind(hints[f.name])
+        if value is None:
+            continue
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            yield f"--{f.name} must be {'a list of strings' if kind is list else kind.__name__} (got {value!r})."
+
+
 def _choice_problems(c):
     for f in dataclasses.fields(c):
         choices = f.metadata.get("choices")
@@ -205,7 +239,9 @@ class GenerateConfig:
     precision: str = opt("fp32", "fp32, fp16 or bf16.", choices=("fp32", "fp16", "bf16"))
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = list(_type_problems(self))
+        if problems:
+            raise ConfigError("Invalid generation configuration:\n  - " + "\n  - ".join(problems))
         if not self.model:
             problems.append("--model is required: a trained output folder or a diffusers model folder.")
         if not self.prompt:
@@ -239,7 +275,9 @@ class ClassImagesConfig:
     variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = list(_type_problems(self))
+        if problems:
+            raise ConfigError("Invalid class-image configuration:\n  - " + "\n  - ".join(problems))
         if not self.pretrained_model_name_or_path:
             problems.append("--pretrained_model_name_or_path is required.")
         if not self.class_prompt:
@@ -280,6 +318,8 @@ def load_config_file(path: str | Path) -> dict:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"Cannot parse {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table of options (name = value), not {type(data).__name__}.")
     # a saved job file wraps the config with its job kind
     return data.get("config", data) if isinstance(data.get("config"), dict) else data
 

@@ -196,8 +196,6 @@ def test_generate_and_class_image_configs_validate():
     assert "--class_data_dir is required" in msg and "--num_class_images must be >= 0" in msg
 
 
-@pytest.mark.xfail(reason="config.py does not check value types: a TOML/JSON/UI value of the wrong type gives a "
-                          "TypeError traceback (or is silently truthy, e.g. center_crop = \"false\")", strict=False)
 @pytest.mark.parametrize("key, value", [("resolution", "512"), ("learning_rate", "1e-5"), ("center_crop", "false")])
 def test_values_of_the_wrong_type_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=f"--{key}"):

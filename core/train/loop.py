@@ -92,8 +92,8 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
         atomic_write_text(history_path, "".join(json.dumps(h) + "\n" for h in history))
 
     def checkpoint(step: int) -> Path:
-        path = save_checkpoint(accelerator, out, step, {"global_step": step, "noise_rng": noise_rng.get_state()},
-                               config, config.checkpoints_total_limit)
+        state = {"global_step": step, "noise_rng": noise_rng.get_state(), "weights_fingerprint": fingerprint(trained)}
+        path = save_checkpoint(accelerator, out, step, state, config, config.checkpoints_total_limit)
         if accelerator.is_main_process:
             write_loss_plot(read_jsonl(history_path), out / "loss.png")
         emit(callbacks, "checkpoint", step, max_steps, path=str(path))
@@ -134,7 +134,7 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
                 grid = write_sample_grid(parts, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder),
                                          config, global_step, out / "samples", weight_dtype)
                 emit(callbacks, "sample", global_step, max_steps, path=str(grid))
-            stopping = stop.is_set() and global_step < max_steps
+            stopping = any_rank(accelerator, stop.is_set()) and global_step < max_steps
             if global_step % config.checkpointing_steps == 0 or stopping:
                 last_checkpoint = checkpoint(global_step)
             if stopping:
@@ -172,6 +172,24 @@ def training_step(batch, parts, unet, prompts, config, noise_rng, weight_dtype, 
     if config.snr_gamma is not None:
         weights = min_snr_weights(compute_snr(scheduler, timesteps), config.snr_gamma, scheduler.config.prediction_type)
     return dreambooth_loss(pred, target, batch["num_instance"], config.prior_loss_weight, weights)
+
+
+def any_rank(accelerator, flag: bool) -> bool:
+    """True if any process has the flag: all ranks must stop at the same step, or DDP deadlocks."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "max").item())
+
+
+def fingerprint(modules) -> float:
+    """A position-sensitive checksum of the trained weights; lets DDP ranks be compared for sync."""
+    total, i = 0.0, 0
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad:
+                i += 1
+                total += float(p.detach().double().sum()) * i
+    return total
 
 
 def ensure_class_images(config: TrainConfig, accelerator, callbacks, stop):
