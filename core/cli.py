@@ -10,7 +10,7 @@ import typing
 from typing import Optional
 
 from .config import (ClassImagesConfig, GenerateConfig, TrainConfig, config_from_dict, load_config_file)
-from .errors import DreamBoothError
+from .errors import ConfigError, DreamBoothError
 from .events import StopFlag
 
 
@@ -79,7 +79,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
+def check_launcher_environment() -> None:
+    """`accelerate launch --cpu --num_processes N` starts one process only (accelerate issue #2741).
+
+    Its single-process launcher still exports MASTER_ADDR when N > 1, but no WORLD_SIZE.
+    Training alone when N were asked for would silently be N times slower.
+    """
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if use_cpu and os.environ.get("MASTER_ADDR") and not os.environ.get("WORLD_SIZE"):
+        raise ConfigError(
+            "accelerate launch --cpu starts a single process even with --num_processes > 1. "
+            "For DDP on CPU run: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N "
+            "-m sksbooth.cli train ...")
+
+
 def cmd_train(args) -> int:
+    check_launcher_environment()
     config = config_from_args(TrainConfig, args)  # validate before importing the heavy stack
     from .progress import TqdmProgress
     from .train.loop import train
