@@ -103,7 +103,7 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
     emit(callbacks, "start", global_step, max_steps, job="train", output_dir=str(out))
     unet.train()
     for epoch in range(global_step // updates_per_epoch, epochs):
-        sampler.set_epoch(epoch)
+        sampler.use_epoch(epoch)
         dataset.epoch = epoch
         done_in_epoch = (global_step - epoch * updates_per_epoch) * config.gradient_accumulation_steps
         batches = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch > 0 else loader

@@ -101,12 +101,16 @@ def make_lr_scheduler(optimizer, config, max_train_steps: int, num_processes: in
 
 
 class EpochShuffleSampler(Sampler):
-    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    The method is deliberately not called `set_epoch`: accelerate calls that on samplers with its
+    own count of iterations, which restarts at 0 for the loader that skips batches on resume.
+    """
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
