@@ -23,3 +23,7 @@ class NonFiniteLossError(DreamBoothError):
 
 class StopRequested(DreamBoothError):
     """The user asked the job to stop (cancel button, Ctrl-C, stop file)."""
+
+
+class OutOfMemory(DreamBoothError):
+    """The device ran out of memory; the message lists the settings that save the most."""

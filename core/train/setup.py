@@ -21,6 +21,8 @@ def make_accelerator(config):
 
     out = Path(config.output_dir)
     log_with = None if config.report_to in (None, "", "none") else config.report_to
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
     return Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -34,6 +36,10 @@ def check_optional_features(config) -> None:
     if config.enable_xformers_memory_efficient_attention and importlib.util.find_spec("xformers") is None:
         raise ConfigError("--enable_xformers_memory_efficient_attention needs xformers: pip install xformers "
                           "(or drop the flag; PyTorch's SDPA attention is used by default).")
+    tracker = config.report_to
+    if tracker not in ("none", "all", "", None) and importlib.util.find_spec(tracker) is None:
+        raise ConfigError(f"--report_to {tracker} needs the {tracker} package: pip install {tracker} "
+                          "(or use --report_to none; the loss plot and loss_history.jsonl are always written).")
     if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or drop the flag).")
 

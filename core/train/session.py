@@ -1,0 +1,168 @@
+"""Everything one training run holds, built once before the loop starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..config import ClassImagesConfig, TrainConfig, config_to_dict
+from ..data.dataset import DreamBoothDataset
+from ..data.images import scan_image_folder
+from ..events import emit
+from ..fsutil import atomic_write_text
+from ..models.load import SDComponents, load_components
+from .checkpoint import CONFIG_NAME, load_checkpoint, resolve_resume, save_checkpoint
+from .report import read_jsonl, write_loss_plot
+from .sampling import write_sample_grid
+from .save import save_final_model
+from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, make_dataloader, make_lr_scheduler, make_optimizer,
+                    prepare_models, schedule_lengths, trainable_parameters)
+from .text import PromptEncoder
+
+
+@dataclass
+class Session:
+    config: TrainConfig
+    accelerator: Any
+    out: Path
+    parts: SDComponents
+    trained: list  # the prepared modules being trained: [unet] or [unet, text_encoder]
+    prompts: PromptEncoder
+    dataset: DreamBoothDataset
+    loader: Any
+    sampler: EpochShuffleSampler
+    optimizer: Any
+    lr_scheduler: Any
+    noise_rng: torch.Generator
+    weight_dtype: torch.dtype
+    max_steps: int
+    updates_per_epoch: int
+    epochs: int
+    global_step: int = 0
+    last_checkpoint: Optional[Path] = None
+
+    @property
+    def unet(self):
+        return self.trained[0]
+
+    @property
+    def text_encoder(self):
+        return self.trained[1] if self.config.train_text_encoder else self.parts.text_encoder
+
+    @property
+    def history_path(self) -> Path:
+        return self.out / "loss_history.jsonl"
+
+    def trainable_parameters(self):
+        return trainable_parameters(self.trained)
+
+    def checkpoint(self, callbacks) -> Path:
+        state = {"global_step": self.global_step, "noise_rng": self.noise_rng.get_state(),
+                 "weights_fingerprint": fingerprint(self.trained)}
+        self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.global_step, state, self.config,
+                                               self.config.checkpoints_total_limit)
+        if self.accelerator.is_main_process:
+            write_loss_plot(read_jsonl(self.history_path), self.out / "loss.png")
+        emit(callbacks, "checkpoint", self.global_step, self.max_steps, path=str(self.last_checkpoint))
+        return self.last_checkpoint
+
+    def sample(self, callbacks) -> None:
+        unwrap = self.accelerator.unwrap_model
+        grid = write_sample_grid(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config,
+                                 self.global_step, self.out / "samples", self.weight_dtype)
+        emit(callbacks, "sample", self.global_step, self.max_steps, path=str(grid))
+
+    def save_final(self) -> Optional[Path]:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            unwrap = self.accelerator.unwrap_model
+            path = save_final_model(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config, self.out)
+            write_loss_plot(read_jsonl(self.history_path), self.out / "loss.png")
+        self.accelerator.wait_for_everyone()
+        return path
+
+
+def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
+    """Data, models, optimizer and schedule, prepared by accelerate and resumed if asked."""
+    out, seed = Path(config.output_dir), (config.seed if config.seed is not None else 0)
+    torch.manual_seed(seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / CONFIG_NAME, json.dumps(config_to_dict(config), indent=2))
+    resume_from = resolve_resume(out, config.resume_from_checkpoint)
+    if accelerator.log_with:  # --report_to: tensorboard, wandb, ... (accelerate raises if not installed)
+        accelerator.init_trackers("dreambooth", config={k: v for k, v in config_to_dict(config).items()
+                                                        if isinstance(v, (int, float, str, bool))})
+
+    instance = scan_image_folder(config.instance_data_dir, "instance")
+    if instance.skipped:
+        emit(callbacks, "log", message=f"Skipped unreadable images: {instance.skipped}")
+    dataset = DreamBoothDataset(instance, config.instance_prompt, config.resolution, config.center_crop,
+                                config.random_flip, ensure_class_images(config, accelerator, callbacks, stop),
+                                config.class_prompt, seed)
+
+    weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
+    parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name)
+    trained = prepare_models(parts, config, weight_dtype, accelerator.device)
+    loader, sampler = make_dataloader(dataset, config, seed)
+    lr = config.learning_rate
+    if config.scale_lr:
+        lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+    optimizer = make_optimizer(trainable_parameters(trained), config, lr)
+    updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
+    lr_scheduler = make_lr_scheduler(optimizer, config, max_steps, accelerator.num_processes)
+    *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
+
+    prompts = PromptEncoder(parts.tokenizer, trained[1] if config.train_text_encoder else parts.text_encoder,
+                            config.train_text_encoder, config.tokenizer_max_length,
+                            config.text_encoder_use_attention_mask)
+    if config.pre_compute_text_embeddings:
+        prompts.precompute(dataset.instance_captions + [config.class_prompt or ""], accelerator.device)
+    session = Session(config, accelerator, out, parts, trained, prompts, dataset, loader, sampler, optimizer,
+                      lr_scheduler, torch.Generator().manual_seed(seed * 7919 + accelerator.process_index),
+                      weight_dtype, max_steps, updates_per_epoch, epochs)
+    if resume_from is not None:
+        resume(session, resume_from, callbacks)
+    if accelerator.is_main_process:  # drop loss records past the resume point
+        history = [h for h in read_jsonl(session.history_path) if h["step"] <= session.global_step]
+        atomic_write_text(session.history_path, "".join(json.dumps(h) + "\n" for h in history))
+    return session
+
+
+def resume(session: Session, path: Path, callbacks) -> None:
+    state = load_checkpoint(session.accelerator, path)
+    session.global_step, session.last_checkpoint = state["global_step"], path
+    session.noise_rng.set_state(state["noise_rng"])
+    emit(callbacks, "log", message=f"Resumed from {path} at step {session.global_step}")
+
+
+def fingerprint(modules) -> float:
+    """A position-sensitive checksum of the trained weights; lets DDP ranks be compared for sync."""
+    total, i = 0.0, 0
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad:
+                i += 1
+                total += float(p.detach().double().sum()) * i
+    return total
+
+
+def ensure_class_images(config: TrainConfig, accelerator, callbacks, stop):
+    """With prior preservation, top up the class folder (main process), then scan it everywhere."""
+    if not config.with_prior_preservation:
+        return None
+    if accelerator.is_main_process:
+        from ..class_images import generate_class_images
+        generate_class_images(ClassImagesConfig(
+            pretrained_model_name_or_path=config.pretrained_model_name_or_path, class_prompt=config.class_prompt,
+            class_data_dir=config.resolved_class_data_dir, num_class_images=config.num_class_images,
+            sample_batch_size=config.sample_batch_size, seed=config.seed or 0, resolution=config.resolution,
+            prior_generation_precision=config.prior_generation_precision, variant=config.variant),
+            callbacks, stop)
+    accelerator.wait_for_everyone()
+    return scan_image_folder(config.resolved_class_data_dir, "class")
