@@ -46,6 +46,7 @@ UNSUPPORTED_FLAGS = {
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LORA_FORMATS = ("kohya", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class TrainConfig:
     use_lora: bool = opt(False, "Train LoRA adapters instead of the full weights.")
     rank: int = opt(4, "LoRA rank.")
     lora_alpha: Optional[int] = opt(None, "LoRA alpha (default: equal to the rank).")
+    lora_format: str = opt("kohya", "LoRA file format: kohya (OUTPUT_DIR/<name>.safetensors with lora_unet_*/lora_te_* keys and alpha; A1111, ComfyUI and diffusers load it) or diffusers (pytorch_lora_weights.safetensors, PEFT keys).", choices=LORA_FORMATS)
+    lora_save_precision: str = opt("fp16", "Precision of the saved LoRA weights: fp16, bf16 or fp32.", choices=("fp16", "bf16", "fp32"))
     # --- schedule -------------------------------------------------------------
     train_batch_size: int = opt(4, "Instance images per step (as many class images are added).")
     sample_batch_size: int = opt(4, "Batch size when generating class images.")

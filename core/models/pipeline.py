@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .load import check_model_path
+from .lora_files import apply_lora, find_lora_file
 
 DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: torch.float32}
 
@@ -39,14 +40,14 @@ def resolve_model_dir(path: str) -> tuple[Path, Optional[Path]]:
     """A model argument -> (diffusers folder, optional LoRA file).
 
     Accepts a diffusers folder, one of our training outputs (full model in model/,
-    or a LoRA whose base is named in the saved config).
+    or a LoRA file, kohya or diffusers format, whose base is named in the saved config).
     """
     p = Path(path).expanduser()
     if (p / "model" / "model_index.json").is_file():
         return p / "model", None
-    lora = p / "pytorch_lora_weights.safetensors"
     saved = p / "dreambooth_config.json"
-    if lora.is_file() and saved.is_file():
+    lora = find_lora_file(p) if saved.is_file() else None
+    if lora is not None:
         base = json.loads(saved.read_text(encoding="utf-8")).get("pretrained_model_name_or_path")
         return check_model_path(base), lora
     return check_model_path(str(p)), None
@@ -62,8 +63,7 @@ def load_pipeline(path: str, dtype: torch.dtype = torch.float32, variant: Option
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Cannot load the Stable Diffusion pipeline at {root}: {e}") from e
     if lora is not None:
-        pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
-        pipe.fuse_lora(lora_scale=lora_scale)
+        apply_lora(pipe, lora, lora_scale)  # kohya or diffusers format
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -28,16 +28,37 @@ def save_final_model(parts, unet, text_encoder, config, out: Path) -> Path:
 
 
 def save_lora(unet, text_encoder, config, out: Path) -> Path:
-    """diffusers-format LoRA (`pytorch_lora_weights.safetensors`), loadable by load_lora_weights."""
+    """The LoRA file: kohya format `<output_dir>/<name>.safetensors` (A1111, ComfyUI, diffusers) by
+    default, or diffusers' `pytorch_lora_weights.safetensors` with lora_format="diffusers"."""
+    import torch
+    from ..models.lora_files import SAVE_DTYPES, kohya_metadata, lora_output_name, save_kohya_lora
+
+    dtype = SAVE_DTYPES[getattr(config, "lora_save_precision", "fp32")]
+    if getattr(config, "lora_format", "kohya") == "kohya":
+        target = out / f"{lora_output_name(config)}.safetensors"
+        with atomic_file(target) as tmp:
+            save_kohya_lora(tmp, unet, text_encoder if config.train_text_encoder else None,
+                            kohya_metadata(config, unet), dtype)
+        return target
+
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)) if config.train_text_encoder else None
+    def cast(layers):
+        return {k: v.detach().to("cpu", dtype) if torch.is_floating_point(v) else v for k, v in layers.items()}
+
+    unet_layers = cast(convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    te_layers = (cast(convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)))
+                 if config.train_text_encoder else None)
     target = out / "pytorch_lora_weights.safetensors"
     with atomic_file(target) as tmp:
         StableDiffusionPipeline.save_lora_weights(str(tmp.parent), unet_lora_layers=unet_layers,
                                                   text_encoder_lora_layers=te_layers, weight_name=tmp.name,
-                                                  safe_serialization=True)
+                                                  safe_serialization=True,
+                                                  # keeps lora_alpha when it differs from the rank
+                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+                                                  text_encoder_lora_adapter_metadata=(
+                                                      text_encoder.peft_config["default"].to_dict()
+                                                      if config.train_text_encoder else None))
     return target

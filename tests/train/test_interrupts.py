@@ -59,9 +59,10 @@ def draw(model, out: Path) -> torch.Tensor:
 def test_lora_training_writes_weights_that_generate_loads_on_the_base(tiny_model, instance_dir, tmp_path):
     result = train(small_config(tiny_model, instance_dir, tmp_path / "lora", use_lora=True, rank=4,
                                 train_text_encoder=True))
+    assert result.model_path == tmp_path / "lora" / "lora.safetensors"  # kohya format, named after the folder
     weights = load_file(result.model_path)
-    assert any(k.startswith("unet.") for k in weights) and any(k.startswith("text_encoder.") for k in weights)
-    assert all("lora" in k for k in weights)
+    assert any(k.startswith("lora_unet_") for k in weights) and any(k.startswith("lora_te_") for k in weights)
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in weights)
     with_lora, base = draw(tmp_path / "lora", tmp_path / "g1"), draw(tiny_model, tmp_path / "g2")
     assert (with_lora - base).abs().mean() > 0.5  # the adapters change what is drawn
 
