@@ -238,6 +238,12 @@ class GenerateConfig:
     scheduler: str = opt("DPM++ 2M Karras", "Sampler: " + ", ".join(SCHEDULERS) + ".", choices=SCHEDULERS)
     width: Optional[int] = opt(None, "Width in pixels (default: the model's native size).")
     height: Optional[int] = opt(None, "Height in pixels (default: the model's native size).")
+    lora: Optional[str] = opt(None, "A LoRA file (kohya/A1111 or diffusers format) applied on top of --model.")
+    lora_scale: float = opt(1.0, "LoRA strength: 0 is the base model, 1 the trained one (also for a trained LoRA folder as --model).")
+    init_image: Optional[str] = opt(None, "img2img: start from this photo instead of noise (output keeps its size unless --width/--height).")
+    strength: float = opt(0.75, "Denoising strength for img2img/inpainting: 0 keeps the photo, 1 redraws it entirely.")
+    mask_image: Optional[str] = opt(None, "Inpainting (with --init_image): white where to draw, black where the photo is kept.")
+    mask_blur: int = opt(4, "Inpainting: blur radius (pixels) of the mask's edge when pasting the result into the photo.")
     output_dir: str = opt("generated", "Where the PNGs go.")
     precision: str = opt("fp32", "fp32, fp16 or bf16.", choices=("fp32", "fp16", "bf16"))
 
@@ -256,6 +262,12 @@ class GenerateConfig:
             v = getattr(self, name)
             if v is not None and (v < 8 or v % 8):
                 problems.append(f"--{name} must be a positive multiple of 8 (got {v}).")
+        if not 0 < self.strength <= 1:
+            problems.append(f"--strength must be in (0, 1] (got {self.strength}).")
+        if self.mask_image and not self.init_image:
+            problems.append("--mask_image needs --init_image: the photo to paint into.")
+        if self.mask_blur < 0:
+            problems.append(f"--mask_blur must be >= 0 (got {self.mask_blur}).")
         problems.extend(_choice_problems(self))
         if problems:
             raise ConfigError("Invalid generation configuration:\n  - " + "\n  - ".join(problems))
