@@ -48,7 +48,7 @@ def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callbac
         return existing
     if pipe is None:
         pipe = load_pipeline(config.pretrained_model_name_or_path, DTYPES[config.prior_generation_precision],
-                             variant=config.variant)
+                             variant=config.variant, allow_pickle=config.allow_pickle_checkpoints)
     size = config.resolution or native_resolution(pipe)
     emit(callbacks, "start", 0, len(todo), job="class-images", folder=str(folder))
     for start in range(0, len(todo), config.sample_batch_size):

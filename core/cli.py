@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny-model", help="Build a tiny random-weight SD model folder offline (for tests).")
     p.add_argument("dest", help="Folder to create.")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("convert", help="Convert a model: diffusers folder <-> single .safetensors file (A1111/ComfyUI).",
+                       description="SRC a diffusers folder (or a trained output folder) and DEST a .safetensors file "
+                                   "writes the single file in the original (LDM) layout; SRC a .safetensors file "
+                                   "and DEST a folder writes a diffusers folder.")
+    p.add_argument("src", help="A diffusers folder, a training output folder, or a single-file checkpoint.")
+    p.add_argument("dest", help="A .safetensors file to write, or a folder for a diffusers model.")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="Precision of a written single file.")
+    p.add_argument("--allow_pickle_checkpoints", action="store_true",
+                   help="Allow a .ckpt/.pt/.bin SRC (pickle files can run code when loaded).")
     p = sub.add_parser("worker", help="Run a saved job file, streaming events as JSON lines (for UIs).")
     p.add_argument("job_file", help="A job file written by sksbooth.config.save_job_file.")
     return parser
@@ -71,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Idle OpenMP threads sleep instead of spinning: several times faster when the CPU is shared
+    # (effective only before torch is imported, which is why it is set this early).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -105,6 +117,8 @@ def cmd_train(args) -> int:
             result = train(config, callbacks=[progress], stop=stop)
     finally:
         restore()
+    if os.environ.get("RANK", "0") != "0":
+        return 130 if result.stopped else 0  # the main process reports
     if result.stopped:
         print(f"Stopped at step {result.global_step}; checkpoint saved in {result.last_checkpoint}.\n"
               f"Resume with the same command plus --resume_from_checkpoint latest.")
@@ -150,13 +164,34 @@ def cmd_make_tiny_model(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from pathlib import Path
+    from .models.hashing import model_title
+    from .models.load import check_model_path
+    from .models.single_file import diffusers_folder_to_single_file, single_file_to_diffusers
+    src = Path(args.src).expanduser()
+    if (src / "model" / "model_index.json").is_file():
+        src = src / "model"  # one of our training outputs
+    src = check_model_path(str(src), allow_pickle=args.allow_pickle_checkpoints)
+    if src.is_file():
+        if args.dest.lower().endswith(".safetensors"):
+            raise ConfigError("SRC is already a single file; give a folder as DEST to get a diffusers model.")
+        print(single_file_to_diffusers(src, args.dest, args.allow_pickle_checkpoints))
+        return 0
+    if not args.dest.lower().endswith(".safetensors"):
+        raise ConfigError(f"DEST {args.dest!r} must end in .safetensors (a diffusers folder is converted to a single file).")
+    path, sha = diffusers_folder_to_single_file(src, args.dest, args.precision)
+    print(f"{model_title(path, sha)}  sha256 {sha}")
+    return 0
+
+
 def cmd_worker(args) -> int:
     from .jobs.worker import run_worker
     return run_worker(args.job_file)
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "class-images": cmd_class_images, "demo": cmd_demo,
-            "make-tiny-model": cmd_make_tiny_model, "worker": cmd_worker}
+            "make-tiny-model": cmd_make_tiny_model, "worker": cmd_worker, "convert": cmd_convert}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,7 +54,7 @@ class TrainConfig:
     """Everything a DreamBooth training run needs."""
 
     # --- model and data -------------------------------------------------------
-    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder (or hub id when online).")
+    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder, a .safetensors checkpoint (SD 1.x/2.x), or a hub id when online.")
     revision: Optional[str] = opt(None, "Revision of the base model on the hub.")
     variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
     tokenizer_name: Optional[str] = opt(None, "Tokenizer folder, if not the base model's.")
@@ -114,6 +114,9 @@ class TrainConfig:
     text_encoder_use_attention_mask: bool = opt(False, "Pass the attention mask to the text encoder.")
     # --- outputs and validation ----------------------------------------------
     skip_save_text_encoder: bool = opt(False, "Do not save the text encoder with the final model.")
+    save_single_file: bool = opt(True, "Also save a full fine-tune as one OUTPUT_DIR/<name>.safetensors in the original (LDM) layout that A1111 and ComfyUI load.")
+    save_precision: str = opt("fp16", "Precision of that single file: fp16 or fp32.", choices=("fp16", "fp32"))
+    allow_pickle_checkpoints: bool = opt(False, "Allow .ckpt/.pt/.bin base models: pickle files can run code when loaded, so only for files you trust (tried with torch.load(weights_only=True) first).")
     validation_prompt: Optional[str] = opt(None, "Prompt(s) for sample grids, separated by '|'.")
     num_validation_images: int = opt(4, "Images per validation prompt.")
     validation_steps: int = opt(100, "Write a sample grid every N steps.")
@@ -227,7 +230,7 @@ SCHEDULERS = ("DDIM", "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDPM",
 class GenerateConfig:
     """Text-to-image generation from a trained model."""
 
-    model: Optional[str] = opt(None, "A trained output folder or a diffusers model folder.")
+    model: Optional[str] = opt(None, "A trained output folder, a diffusers model folder or a .safetensors checkpoint.")
     prompt: Optional[str] = opt(None, "What to draw, e.g. 'a photo of sks dog on the beach'.")
     negative_prompt: str = opt("", "What to avoid.")
     num_images: int = opt(4, "How many images.")
@@ -246,6 +249,7 @@ class GenerateConfig:
     mask_blur: int = opt(4, "Inpainting: blur radius (pixels) of the mask's edge when pasting the result into the photo.")
     output_dir: str = opt("generated", "Where the PNGs go.")
     precision: str = opt("fp32", "fp32, fp16 or bf16.", choices=("fp32", "fp16", "bf16"))
+    allow_pickle_checkpoints: bool = opt(False, "Allow .ckpt/.pt/.bin base models: pickle files can run code when loaded, so only for files you trust (tried with torch.load(weights_only=True) first).")
 
     def __post_init__(self) -> None:
         problems = list(_type_problems(self))
@@ -277,7 +281,7 @@ class GenerateConfig:
 class ClassImagesConfig:
     """Top up a class-image folder with images the base model draws for the class prompt."""
 
-    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder.")
+    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder or a .safetensors checkpoint.")
     class_prompt: Optional[str] = opt(None, "Prompt for the class, e.g. 'a photo of dog'.")
     class_data_dir: Optional[str] = opt(None, "Folder to fill; existing images are reused.")
     num_class_images: int = opt(100, "How many class images the folder should hold.")
@@ -288,6 +292,7 @@ class ClassImagesConfig:
     resolution: Optional[int] = opt(None, "Image size (default: the model's native size).")
     prior_generation_precision: Optional[str] = opt(None, "no, fp32, fp16 or bf16.", choices=("no", "fp32", "fp16", "bf16"))
     variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
+    allow_pickle_checkpoints: bool = opt(False, "Allow .ckpt/.pt/.bin base models: pickle files can run code when loaded, so only for files you trust (tried with torch.load(weights_only=True) first).")
 
     def __post_init__(self) -> None:
         problems = list(_type_problems(self))

@@ -41,23 +41,31 @@ def in_hub_cache(repo_id: str, revision: Optional[str] = None) -> bool:
     return isinstance(found, str)
 
 
-def check_model_path(path: Optional[str], revision: Optional[str] = None) -> Path:
+def check_model_path(path: Optional[str], revision: Optional[str] = None, allow_pickle: bool = False) -> Path:
     """Resolve a base-model path, with an actionable message for each way it can be wrong.
 
-    Returns the local folder, or, for a hub id (`owner/name`), the id itself: with
+    Returns the local folder or single-file checkpoint (.safetensors; pickle files only
+    with `allow_pickle`), or, for a hub id (`owner/name`), the id itself: with
     HF_HUB_OFFLINE set, only if the model is already in the local Hugging Face cache.
     """
     if not path:
         raise ModelLoadError("No base model given. Pass --pretrained_model_name_or_path DIR "
-                             "(a diffusers folder); `dreambooth make-tiny-model DIR` builds a test one.")
+                             "(a diffusers folder or a .safetensors checkpoint); "
+                             "`dreambooth make-tiny-model DIR` builds a test one.")
     path = str(path)
     p = Path(path).expanduser()
     if p.is_file():
+        if p.suffix.lower() == ".safetensors":
+            return p
         if p.suffix.lower() in SINGLE_FILE_SUFFIXES:
-            raise ModelLoadError(f"{p} is a single-file checkpoint; loading those is not supported yet. "
-                                 "Convert it to a diffusers folder first (diffusers' "
-                                 "scripts/convert_original_stable_diffusion_to_diffusers.py).")
-        raise ModelLoadError(f"{p} is not a model: expected a diffusers folder with model_index.json.")
+            from .single_file import PICKLE_FLAG
+            if allow_pickle:
+                return p
+            raise ModelLoadError(f"{p} is a pickle checkpoint ({p.suffix}): loading a pickle file can run any "
+                                 f"code it contains, so it is refused by default. Use a .safetensors version "
+                                 f"of the model, or pass {PICKLE_FLAG} if you trust the file's source.")
+        raise ModelLoadError(f"{p} is not a model: expected a diffusers folder with model_index.json "
+                             "or a .safetensors checkpoint.")
     if p.is_dir():
         if not (p / "model_index.json").is_file():
             hint = (" It looks like one of our output folders; use its model/ subfolder."
@@ -77,11 +85,14 @@ def check_model_path(path: Optional[str], revision: Optional[str] = None) -> Pat
 
 
 def load_components(path: str, revision: Optional[str] = None, variant: Optional[str] = None,
-                    tokenizer_name: Optional[str] = None) -> SDComponents:
+                    tokenizer_name: Optional[str] = None, allow_pickle: bool = False) -> SDComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    root = str(check_model_path(path, revision))
+    resolved = check_model_path(path, revision, allow_pickle)
+    if resolved.is_file():
+        return components_from_single_file(resolved, tokenizer_name, allow_pickle)
+    root = str(resolved)
     kw = {"revision": revision}
     try:
         return SDComponents(
@@ -93,3 +104,21 @@ def load_components(path: str, revision: Optional[str] = None, variant: Optional
         )
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"Cannot load the Stable Diffusion model at {root}: {e}") from e
+
+
+def components_from_single_file(path: Path, tokenizer_name: Optional[str] = None,
+                                allow_pickle: bool = False) -> SDComponents:
+    """A .safetensors (or opted-in pickle) checkpoint: family detected from its tensors, configs bundled."""
+    from diffusers import DDPMScheduler
+    from .detect import DESCRIPTIONS
+    from .single_file import load_single_file
+    model = load_single_file(path, allow_pickle)
+    if model.family == "sdxl":
+        raise ModelLoadError(f"{path} is an {DESCRIPTIONS['sdxl']} checkpoint: it loads for generation and "
+                             "conversion, but DreamBooth training of SDXL is not supported yet.")
+    tokenizer = model.tokenizer
+    if tokenizer_name:
+        from transformers import CLIPTokenizer
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_name)
+    return SDComponents(tokenizer=tokenizer, text_encoder=model.text_encoder, vae=model.vae, unet=model.unet,
+                        noise_scheduler=DDPMScheduler.from_config(model.scheduler_config))

@@ -36,7 +36,7 @@ def make_scheduler(name: str, base_config):
     return cls.from_config(base_config, **extra)
 
 
-def resolve_model_dir(path: str) -> tuple[Path, Optional[Path]]:
+def resolve_model_dir(path: str, allow_pickle: bool = False) -> tuple[Path, Optional[Path]]:
     """A model argument -> (diffusers folder, optional LoRA file).
 
     Accepts a diffusers folder, one of our training outputs (full model in model/,
@@ -49,17 +49,21 @@ def resolve_model_dir(path: str) -> tuple[Path, Optional[Path]]:
     lora = find_lora_file(p) if saved.is_file() else None
     if lora is not None:
         base = json.loads(saved.read_text(encoding="utf-8")).get("pretrained_model_name_or_path")
-        return check_model_path(base), lora
-    return check_model_path(str(p)), None
+        return check_model_path(base, allow_pickle=allow_pickle), lora
+    return check_model_path(str(p), allow_pickle=allow_pickle), None
 
 
 def load_pipeline(path: str, dtype: torch.dtype = torch.float32, variant: Optional[str] = None,
-                  lora_scale: float = 1.0):
+                  lora_scale: float = 1.0, allow_pickle: bool = False):
     from diffusers import StableDiffusionPipeline
-    root, lora = resolve_model_dir(path)
+    root, lora = resolve_model_dir(path, allow_pickle)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, variant=variant,
-                                                       safety_checker=None, requires_safety_checker=False)
+        if root.is_file():  # a single-file checkpoint (SD 1.x, 2.x or SDXL)
+            from .single_file import build_pipeline, load_single_file
+            pipe = build_pipeline(load_single_file(root, allow_pickle, dtype))
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, variant=variant,
+                                                           safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Cannot load the Stable Diffusion pipeline at {root}: {e}") from e
     if lora is not None:

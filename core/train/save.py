@@ -10,7 +10,7 @@ from ..fsutil import atomic_dir, atomic_file
 from .checkpoint import CONFIG_NAME
 
 
-def save_final_model(parts, unet, text_encoder, config, out: Path) -> Path:
+def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None) -> Path:
     if config.use_lora:
         return save_lora(unet, text_encoder, config, out)
     from diffusers import StableDiffusionPipeline
@@ -24,6 +24,9 @@ def save_final_model(parts, unet, text_encoder, config, out: Path) -> Path:
             import shutil
             shutil.rmtree(tmp / "text_encoder")
         (tmp / CONFIG_NAME).write_text(json.dumps(config_to_dict(config), indent=2), encoding="utf-8")
+    if getattr(config, "save_single_file", False):  # OUTPUT_DIR/<name>.safetensors for A1111/ComfyUI
+        from ..models.single_file import save_trained_single_file
+        save_trained_single_file(unet, parts.vae, text_encoder, parts.noise_scheduler, config, out, steps)
     return target
 
 

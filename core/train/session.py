@@ -81,7 +81,8 @@ class Session:
         path = None
         if self.accelerator.is_main_process:
             unwrap = self.accelerator.unwrap_model
-            path = save_final_model(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config, self.out)
+            path = save_final_model(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config, self.out,
+                                    steps=self.global_step)
             write_loss_plot(read_jsonl(self.history_path), self.out / "loss.png")
         self.accelerator.wait_for_everyone()
         return path
@@ -107,7 +108,8 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
                                 config.class_prompt, seed)
 
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
-    parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name)
+    parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name,
+                            allow_pickle=config.allow_pickle_checkpoints)
     trained = prepare_models(parts, config, weight_dtype, accelerator.device)
     loader, sampler = make_dataloader(dataset, config, seed)
     lr = config.learning_rate
@@ -162,7 +164,8 @@ def ensure_class_images(config: TrainConfig, accelerator, callbacks, stop):
             pretrained_model_name_or_path=config.pretrained_model_name_or_path, class_prompt=config.class_prompt,
             class_data_dir=config.resolved_class_data_dir, num_class_images=config.num_class_images,
             sample_batch_size=config.sample_batch_size, seed=config.seed or 0, resolution=config.resolution,
-            prior_generation_precision=config.prior_generation_precision, variant=config.variant),
+            prior_generation_precision=config.prior_generation_precision, variant=config.variant,
+            allow_pickle_checkpoints=config.allow_pickle_checkpoints),
             callbacks, stop)
     accelerator.wait_for_everyone()
     return scan_image_folder(config.resolved_class_data_dir, "class")

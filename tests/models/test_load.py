@@ -49,21 +49,30 @@ def test_our_output_folder_points_at_its_model_subfolder(tmp_path):
     assert check_model_path(str(tmp_path / "out" / "model")) == tmp_path / "out" / "model"
 
 
-@pytest.mark.parametrize("name", ["v1-5-pruned-emaonly.safetensors", "sd-v1-4.ckpt", "MODEL.SAFETENSORS"])
+@pytest.mark.parametrize("name", ["sd-v1-4.ckpt", "model.PT", "weights.bin"])
 @pytest.mark.parametrize("loader", [check_model_path, load_components])
-def test_single_file_checkpoints(tmp_path, name, loader):
+def test_pickle_checkpoints_are_refused(tmp_path, name, loader):
     f = tmp_path / name
     f.write_bytes(b"\0" * 64)
     with pytest.raises(ModelLoadError) as e:
         loader(str(f))
     msg = str(e.value)
-    assert "single-file checkpoint" in msg and "Convert it to a diffusers folder" in msg
+    assert "pickle checkpoint" in msg and "can run any code" in msg and "--allow_pickle_checkpoints" in msg
+
+
+@pytest.mark.parametrize("name", ["v1-5-pruned-emaonly.safetensors", "MODEL.SAFETENSORS"])
+def test_single_file_checkpoints_are_accepted_then_validated(tmp_path, name):
+    f = tmp_path / name
+    f.write_bytes(b"\0" * 64)
+    assert check_model_path(str(f)) == f  # a .safetensors file is a valid base-model path...
+    with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
+        load_components(str(f))  # ...and a broken one says so when loaded
 
 
 def test_other_file(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("hello")
-    with pytest.raises(ModelLoadError, match="is not a model: expected a diffusers folder with model_index.json"):
+    with pytest.raises(ModelLoadError, match="is not a model: expected a diffusers folder with model_index.json or a .safetensors"):
         check_model_path(str(f))
 
 
