@@ -207,3 +207,14 @@ def test_diffusers_format_option_keeps_peft_keys_and_alpha(tiny_model, tuned, tm
     assert all(k.startswith(("unet.", "text_encoder.")) for k in load_file(path))
     emb, eps = predictions(load_pipeline(str(out)))
     assert (emb - tuned_emb).abs().max() < 1e-3 and (eps - tuned_eps).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("layout", ["tiny", "sd15"])
+def test_agrees_with_the_single_file_ldm_names(layout, tiny_model):
+    """The LoRA names and the single-file checkpoint writer (models/ldm_keys.py) name the same modules alike."""
+    ldm_keys = pytest.importorskip("sksbooth.models.ldm_keys")
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet") if layout == "tiny" else sd15_shaped_unet()
+    for key in unet.state_dict():
+        module, _, leaf = key.rpartition(".")
+        assert ldm_keys.unet_key(key, dict(unet.config)) == f"{unet_ldm_module_name(module, unet.config)}.{leaf}"
