@@ -5,7 +5,6 @@ PNGs carry the generation parameters in A1111's `parameters` text chunk (its PNG
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterable, Optional
@@ -73,11 +72,8 @@ def _model_name_and_hash(config: GenerateConfig) -> tuple[str, Optional[str]]:
     if lora is None and (Path(config.model) / "model").is_dir():
         return Path(config.model).name, None  # our full fine-tune: the run's name
     if Path(root).is_file():
-        h = hashlib.sha256()
-        with open(root, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return Path(root).stem, h.hexdigest()[:10]
+        from .models.hashing import file_sha256, model_name, short_hash
+        return model_name(root), short_hash(file_sha256(root))
     return Path(root).name, None
 
 

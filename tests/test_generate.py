@@ -191,3 +191,17 @@ def test_cli_maps_the_generation_flags(tiny_model, tmp_path):
     assert (cfg.lora, cfg.lora_scale, cfg.init_image, cfg.mask_image, cfg.strength) == (
         "x.safetensors", 0.7, "a.png", "m.png", 0.6)
     assert (cfg.scheduler, cfg.negative_prompt, cfg.seed, cfg.num_images) == ("Euler a", "ugly", 3, 2)
+
+
+def test_single_file_model_with_a_lora(tiny_model, kohya_lora, tmp_path):
+    """--model a .safetensors checkpoint (A1111's Model and Model hash), plus a LoRA on top."""
+    from sksbooth.models.single_file import diffusers_folder_to_single_file
+    path, sha256 = diffusers_folder_to_single_file(tiny_model, tmp_path / "tiny-checkpoint.safetensors", "fp32")
+    from_file = generate(config(path, tmp_path / "file"))[0]
+    from_folder = generate(config(tiny_model, tmp_path / "folder"))[0]
+    assert np.abs(pixels(from_file) - pixels(from_folder)).max() <= 2.0  # the same model
+    p = png_parameters(from_file)
+    assert p["Model"] == "tiny-checkpoint" and p["Model hash"] == sha256[:10]
+    with_lora = generate(config(path, tmp_path / "lora", lora=str(kohya_lora)))[0]
+    assert np.abs(pixels(with_lora) - pixels(from_file)).mean() > 1.0
+    assert png_parameters(with_lora)["Lora hashes"] == f"my_subject: {addnet_hash(kohya_lora)[:12]}"

@@ -218,3 +218,40 @@ def test_agrees_with_the_single_file_ldm_names(layout, tiny_model):
     for key in unet.state_dict():
         module, _, leaf = key.rpartition(".")
         assert ldm_keys.unet_key(key, dict(unet.config)) == f"{unet_ldm_module_name(module, unet.config)}.{leaf}"
+
+
+def test_sd15_lora_names_are_keys_of_a_real_sd15_checkpoint():
+    """Against the key list of the original SD 1.5 checkpoint (tests/models/data, from the ldm code): each layer
+    we train on SD 1.5 gets a kohya name whose module is in the checkpoint, with the weight's shape."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from sksbooth.models.lora_files import kohya_text_encoder_name
+    listing = Path(__file__).parent / "data" / "sd15_ldm_keys.txt"
+    if not listing.is_file():
+        pytest.skip("no SD 1.5 key list")
+    shapes = {}
+    for line in listing.read_text().splitlines():
+        key, shape = line.split("\t")
+        shapes[key] = tuple(json.loads(shape))
+    configs = Path(__import__("sksbooth").__file__).parent / "assets" / "configs" / "sd1"
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((configs / "unet.json").read_text()))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**json.loads((configs / "text_encoder.json").read_text())))
+
+    def targets(model, suffixes):  # the layers PEFT adapts for these target names
+        return [(n, m) for n, m in model.named_modules() if any(n == s or n.endswith("." + s) for s in suffixes)]
+
+    unet_layers, te_layers = targets(unet, UNET_LORA_TARGETS), targets(text_encoder, TEXT_LORA_TARGETS)
+    assert len(unet_layers) == 16 * 2 * 4 and len(te_layers) == 12 * 4  # 16 transformer blocks, 12 CLIP layers
+    for name, module in unet_layers:
+        key = kohya_unet_name(name, unet.config)
+        ldm = "model.diffusion_model." + key[len("lora_unet_"):]
+        matches = [k for k in shapes if k.endswith(".weight") and k[:-len(".weight")].replace(".", "_") == ldm.replace(".", "_")]
+        assert len(matches) == 1, key
+        assert shapes[matches[0]] == tuple(module.weight.shape)
+    for name, module in te_layers:
+        key = kohya_text_encoder_name(name)
+        assert key.startswith("lora_te_text_model_encoder_layers_")
+        original = "cond_stage_model_transformer_" + key[len("lora_te_"):]
+        matches = [k for k in shapes if k.endswith(".weight") and k[:-len(".weight")].replace(".", "_") == original]
+        assert len(matches) == 1 and shapes[matches[0]] == tuple(module.weight.shape), key
