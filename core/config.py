@@ -235,7 +235,7 @@ class GenerateConfig:
     negative_prompt: str = opt("", "What to avoid.")
     num_images: int = opt(4, "How many images.")
     batch_size: int = opt(4, "Images per forward pass.")
-    seed: int = opt(0, "Seed of the first image; image i uses seed + i.")
+    seed: int = opt(0, "Seed of the first image; image i uses seed + i. -1 picks a random one (as in A1111); the PNG records it.")
     num_inference_steps: int = opt(30, "Denoising steps.")
     guidance_scale: float = opt(7.5, "Classifier-free guidance scale.")
     scheduler: str = opt("DPM++ 2M Karras", "Sampler: " + ", ".join(SCHEDULERS) + ".", choices=SCHEDULERS)

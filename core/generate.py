@@ -6,6 +6,7 @@ PNGs carry the generation parameters in A1111's `parameters` text chunk (its PNG
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -125,6 +126,7 @@ def generate(config: GenerateConfig, callbacks: Iterable[Callback] = (), stop: O
             from .models.lora_files import apply_lora
             apply_lora(pipe, config.lora, config.lora_scale)
             loras.append(_lora_entry(Path(config.lora).expanduser(), config.lora_scale))
+    first_seed = config.seed if config.seed != -1 else random.randrange(2**32 - config.num_images)
     model_name, model_hash = _model_name_and_hash(config)
     run = _pipeline_for(pipe, config)
     size = native_resolution(pipe)
@@ -148,7 +150,7 @@ def generate(config: GenerateConfig, callbacks: Iterable[Callback] = (), stop: O
     for start in range(0, config.num_images, config.batch_size):
         if stop is not None and stop.is_set():
             raise StopRequested(f"Generation stopped after {start} images.")
-        seeds = [config.seed + i for i in range(start, min(start + config.batch_size, config.num_images))]
+        seeds = [first_seed + i for i in range(start, min(start + config.batch_size, config.num_images))]
         with torch.no_grad():
             images = run(config.prompt, negative_prompt=config.negative_prompt or None,
                          num_images_per_prompt=len(seeds),

@@ -205,3 +205,11 @@ def test_single_file_model_with_a_lora(tiny_model, kohya_lora, tmp_path):
     with_lora = generate(config(path, tmp_path / "lora", lora=str(kohya_lora)))[0]
     assert np.abs(pixels(with_lora) - pixels(from_file)).mean() > 1.0
     assert png_parameters(with_lora)["Lora hashes"] == f"my_subject: {addnet_hash(kohya_lora)[:12]}"
+
+
+def test_seed_minus_one_picks_a_random_seed_and_records_it(tiny_model, tmp_path):
+    paths = generate(config(tiny_model, tmp_path / "g", seed=-1, num_images=2, batch_size=2))
+    first, second = (int(png_parameters(p)["Seed"]) for p in paths)
+    assert first >= 0 and second == first + 1
+    again = generate(config(tiny_model, tmp_path / "again", seed=first))[0]
+    assert np.abs(pixels(again) - pixels(paths[0])).max() <= 3.0  # the recorded seed reproduces the image
