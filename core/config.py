@@ -46,6 +46,7 @@ UNSUPPORTED_FLAGS = {
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+ATTENTION_CHOICES = ("auto", "xformers", "sdpa", "sliced", "math")  # see models/attention.py
 LORA_FORMATS = ("kohya", "diffusers")
 
 
@@ -107,7 +108,8 @@ class TrainConfig:
     mixed_precision: Optional[str] = opt(None, "no, fp16 or bf16 (default: accelerate's setting).", choices=MIXED_PRECISIONS)
     prior_generation_precision: Optional[str] = opt(None, "Precision of class-image generation: no, fp32, fp16, bf16.", choices=("no", "fp32", "fp16", "bf16"))
     allow_tf32: bool = opt(False, "Allow TF32 matmuls on Ampere GPUs.")
-    enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (must be installed).")
+    enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (must be installed); same as --attention xformers.")
+    attention: str = opt("auto", "Attention backend: " + ", ".join(ATTENTION_CHOICES) + ". auto takes the fastest available (xformers on CUDA if installed, else sdpa); sliced saves memory; math is the plain reference. The run's config records the backend used.", choices=ATTENTION_CHOICES)
     set_grads_to_none: bool = opt(False, "Set gradients to None instead of zero (saves memory).")
     pre_compute_text_embeddings: bool = opt(False, "Encode prompts once and free the text encoder.")
     tokenizer_max_length: Optional[int] = opt(None, "Tokenizer max length (default: the tokenizer's).")
@@ -149,6 +151,11 @@ class TrainConfig:
         return self.lora_alpha if self.lora_alpha is not None else self.rank
 
     @property
+    def resolved_attention(self) -> str:
+        """The backend asked for; --enable_xformers_memory_efficient_attention means xformers."""
+        return "xformers" if self.enable_xformers_memory_efficient_attention else self.attention
+
+    @property
     def validation_prompts(self) -> list[str]:
         if not self.validation_prompt:
             return []
@@ -168,6 +175,8 @@ def _train_problems(c: TrainConfig):
         yield "--instance_prompt is required, e.g. 'a photo of sks dog'."
     if c.with_prior_preservation and not c.class_prompt:
         yield "--with_prior_preservation needs --class_prompt, e.g. 'a photo of dog'."
+    if c.enable_xformers_memory_efficient_attention and c.attention not in ("auto", "xformers"):
+        yield f"--enable_xformers_memory_efficient_attention conflicts with --attention {c.attention}; keep one."
     if c.train_text_encoder and c.pre_compute_text_embeddings:
         yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
     positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",

@@ -19,8 +19,8 @@ from .checkpoint import CONFIG_NAME, load_checkpoint, resolve_resume, save_check
 from .report import read_jsonl, write_loss_plot
 from .sampling import write_sample_grid
 from .save import save_final_model
-from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, make_dataloader, make_lr_scheduler, make_optimizer,
-                    prepare_models, schedule_lengths, trainable_parameters)
+from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
+                    make_optimizer, prepare_models, schedule_lengths, trainable_parameters)
 from .text import PromptEncoder
 
 
@@ -91,6 +91,8 @@ class Session:
 def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     """Data, models, optimizer and schedule, prepared by accelerate and resumed if asked."""
     out, seed = Path(config.output_dir), (config.seed if config.seed is not None else 0)
+    config = choose_attention(config, accelerator.device)  # recorded in the saved config
+    emit(callbacks, "log", message=f"Attention backend: {config.attention}")
     torch.manual_seed(seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data.dataset import DreamBoothDataset, collate
 from ..errors import ConfigError
+from ..models.attention import resolve_attention, set_attention
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -33,15 +34,23 @@ def make_accelerator(config):
 
 def check_optional_features(config) -> None:
     """Features that need optional packages fail before any work is done."""
-    if config.enable_xformers_memory_efficient_attention and importlib.util.find_spec("xformers") is None:
-        raise ConfigError("--enable_xformers_memory_efficient_attention needs xformers: pip install xformers "
-                          "(or drop the flag; PyTorch's SDPA attention is used by default).")
+    if config.resolved_attention == "xformers" and importlib.util.find_spec("xformers") is None:
+        raise ConfigError("xformers attention (--attention xformers or --enable_xformers_memory_efficient_attention) "
+                          "needs xformers: pip install xformers (or use --attention auto: PyTorch's SDPA).")
     tracker = config.report_to
     if tracker not in ("none", "all", "", None) and importlib.util.find_spec(tracker) is None:
         raise ConfigError(f"--report_to {tracker} needs the {tracker} package: pip install {tracker} "
                           "(or use --report_to none; the loss plot and loss_history.jsonl are always written).")
     if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or drop the flag).")
+
+
+def choose_attention(config, device):
+    """The config with `attention` resolved to the backend this run uses (auto -> the best available)."""
+    import dataclasses
+    chosen = resolve_attention(config.resolved_attention, device)
+    return dataclasses.replace(config, attention=chosen,
+                               enable_xformers_memory_efficient_attention=chosen == "xformers")
 
 
 def add_lora(model, rank: int, alpha: int, target_modules: list[str]) -> None:
@@ -68,8 +77,8 @@ def prepare_models(components, config, weight_dtype: torch.dtype, device) -> lis
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    if config.enable_xformers_memory_efficient_attention:
-        unet.enable_xformers_memory_efficient_attention()
+    for module in (unet, vae):  # config.attention was resolved once by choose_attention
+        set_attention(module, config.resolved_attention, device)
     trained = [unet] + ([text_encoder] if config.train_text_encoder else [])
     # Frozen parts run in the low-precision dtype; trained full weights stay fp32 for the optimizer.
     vae.to(device, dtype=weight_dtype)
