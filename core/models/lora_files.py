@@ -164,7 +164,7 @@ def base_model_version(unet) -> str:
     return "sd_v2" if unet.config.cross_attention_dim == 1024 else "sd_v1"
 
 
-def kohya_metadata(config, unet, num_train_images: Optional[int] = None) -> dict[str, str]:
+def kohya_metadata(config, unet, steps: Optional[int] = None) -> dict[str, str]:
     """kohya-style `ss_*` metadata (A1111's Lora tab and Civitai read it), plus our whole config."""
     from ..config import config_to_dict
 
@@ -196,8 +196,8 @@ def kohya_metadata(config, unet, num_train_images: Optional[int] = None) -> dict
         "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "sksbooth_config": json.dumps(config_to_dict(config), sort_keys=True),
     }
-    if num_train_images is not None:
-        meta["ss_num_train_images"] = str(num_train_images)
+    if steps is not None:
+        meta["ss_steps"] = str(steps)
     return meta
 
 

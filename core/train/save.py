@@ -12,7 +12,7 @@ from .checkpoint import CONFIG_NAME
 
 def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None) -> Path:
     if config.use_lora:
-        return save_lora(unet, text_encoder, config, out)
+        return save_lora(unet, text_encoder, config, out, steps)
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=text_encoder, tokenizer=parts.tokenizer, unet=unet,
                                    scheduler=parts.noise_scheduler, safety_checker=None, feature_extractor=None,
@@ -30,7 +30,7 @@ def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None) -
     return target
 
 
-def save_lora(unet, text_encoder, config, out: Path) -> Path:
+def save_lora(unet, text_encoder, config, out: Path, steps=None) -> Path:
     """The LoRA file: kohya format `<output_dir>/<name>.safetensors` (A1111, ComfyUI, diffusers) by
     default, or diffusers' `pytorch_lora_weights.safetensors` with lora_format="diffusers"."""
     import torch
@@ -41,7 +41,7 @@ def save_lora(unet, text_encoder, config, out: Path) -> Path:
         target = out / f"{lora_output_name(config)}.safetensors"
         with atomic_file(target) as tmp:
             save_kohya_lora(tmp, unet, text_encoder if config.train_text_encoder else None,
-                            kohya_metadata(config, unet), dtype)
+                            kohya_metadata(config, unet, steps), dtype)
         return target
 
     from diffusers import StableDiffusionPipeline

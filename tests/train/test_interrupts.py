@@ -63,6 +63,9 @@ def test_lora_training_writes_weights_that_generate_loads_on_the_base(tiny_model
     weights = load_file(result.model_path)
     assert any(k.startswith("lora_unet_") for k in weights) and any(k.startswith("lora_te_") for k in weights)
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in weights)
+    from sksbooth.models.lora_files import read_metadata
+    meta = read_metadata(result.model_path)
+    assert (meta["ss_steps"], meta["ss_network_dim"], meta["ss_network_alpha"]) == ("8", "4", "4")
     with_lora, base = draw(tmp_path / "lora", tmp_path / "g1"), draw(tiny_model, tmp_path / "g2")
     assert (with_lora - base).abs().mean() > 0.5  # the adapters change what is drawn
 
