@@ -213,3 +213,17 @@ def test_seed_minus_one_picks_a_random_seed_and_records_it(tiny_model, tmp_path)
     assert first >= 0 and second == first + 1
     again = generate(config(tiny_model, tmp_path / "again", seed=first))[0]
     assert np.abs(pixels(again) - pixels(paths[0])).max() <= 3.0  # the recorded seed reproduces the image
+
+
+def test_a_trained_lora_folder_draws_on_its_base_and_says_so(tiny_model, kohya_lora, tmp_path):
+    import shutil
+    run = tmp_path / "my-run"
+    run.mkdir()
+    (run / "dreambooth_config.json").write_text(json.dumps({"pretrained_model_name_or_path": str(tiny_model)}))
+    shutil.copy(kohya_lora, run / "my-run.safetensors")
+    folder = generate(config(run, tmp_path / "folder", lora_scale=0.5))[0]
+    explicit = generate(config(tiny_model, tmp_path / "explicit", lora=str(kohya_lora), lora_scale=0.5))[0]
+    assert np.abs(pixels(folder) - pixels(explicit)).max() <= 1.0
+    p = png_parameters(folder)
+    assert p["Prompt"] == "a photo of sks dog <lora:my-run:0.5>" and p["Model"] == tiny_model.name
+    assert p["Lora hashes"] == f"my-run: {addnet_hash(kohya_lora)[:12]}"
