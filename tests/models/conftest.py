@@ -6,9 +6,9 @@ import pytest
 import torch
 
 
-def tiny_clip_config(hidden_act="quick_gelu", layers=2, projection_dim=32):
+def tiny_clip_config(hidden_act="quick_gelu", layers=2, projection_dim=32, hidden_size=32):
     from transformers import CLIPTextConfig
-    return CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32,
+    return CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=hidden_size,
                           intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=layers,
                           vocab_size=49408, max_position_embeddings=77, projection_dim=projection_dim,
                           hidden_act=hidden_act)
@@ -40,7 +40,9 @@ def build_tiny_sd2(v_prediction: bool = False, seed: int = 0):
 
 
 def build_tiny_sdxl(seed: int = 0):
-    """SDXL structure: two text encoders (CLIP-L style and OpenCLIP bigG style), text_time embedding."""
+    """SDXL structure: two text encoders (CLIP-L style and a wider OpenCLIP bigG style), text_time embedding.
+
+    The widths differ as in SDXL (768 and 1280): diffusers' loader tells the two apart by width."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
     from sksbooth.models.single_file import make_tokenizer
@@ -49,12 +51,12 @@ def build_tiny_sdxl(seed: int = 0):
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-                                cross_attention_dim=64, norm_num_groups=16)
+                                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 48,
+                                cross_attention_dim=32 + 48, norm_num_groups=16)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, timestep_spacing="leading")
     return StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=CLIPTextModel(tiny_clip_config()),
-                                     text_encoder_2=CLIPTextModelWithProjection(tiny_clip_config("gelu")),
+                                     text_encoder_2=CLIPTextModelWithProjection(tiny_clip_config("gelu", projection_dim=48, hidden_size=48)),
                                      tokenizer=make_tokenizer("sdxl"), tokenizer_2=make_tokenizer("sdxl", second=True),
                                      unet=unet, scheduler=scheduler)
 

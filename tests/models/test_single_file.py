@@ -90,7 +90,7 @@ def test_tiny_sd2_and_sdxl_round_trip(family, request, tmp_path):
     assert model.scheduler_config["prediction_type"] == pipe.scheduler.config.prediction_type
     assert not any("q_proj" in k or "self_attn" in k for k in shapes if ".model." in k)  # OpenCLIP: fused in_proj
     if family == "sdxl":
-        assert shapes["conditioner.embedders.1.model.text_projection"] == [32, 32]
+        assert shapes["conditioner.embedders.1.model.text_projection"] == [48, 48]
         assert "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight" in shapes
         assert "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight" in shapes
         assert "model.diffusion_model.label_emb.0.0.weight" in shapes
@@ -279,3 +279,20 @@ def test_loading_our_file_is_silent(tiny_model, tmp_path, recwarn, caplog):
         sf.build_pipeline(sf.load_single_file(single, dtype=torch.float16))
     assert not [str(w.message) for w in recwarn.list]
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_diffusers_from_single_file_reads_our_file(family, tiny_model, request, tmp_path):
+    """A second loader, diffusers' own from_single_file (given the config folder offline), gets the same weights."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    if family == "sd1":
+        pipe, folder = load_pipe(tiny_model), tiny_model
+    else:
+        pipe, folder = request.getfixturevalue(f"tiny_{family}"), tmp_path / "folder"
+        pipe.save_pretrained(folder)
+    path, _ = sf.save_single_file(tmp_path / f"{family}.safetensors", pipe.unet, pipe.vae, pipe.text_encoder,
+                                  getattr(pipe, "text_encoder_2", None), pipe.scheduler, "fp32")
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    other = cls.from_single_file(str(path), config=str(folder), local_files_only=True)
+    names = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ())
+    assert_same_modules(pipe, other, names)
