@@ -124,6 +124,12 @@ def cmd_train(args) -> int:
               f"Resume with the same command plus --resume_from_checkpoint latest.")
         return 130
     print(f"Model: {result.model_path}\nLoss plot: {result.output_dir / 'loss.png'}")
+    from .models.single_file import trained_single_file_path
+    single = trained_single_file_path(config)
+    if not config.use_lora and config.save_single_file and single.is_file():
+        from .models.hashing import file_sha256, model_title
+        print(f"Single file (A1111 models/Stable-diffusion, ComfyUI models/checkpoints): "
+              f"{single} - shown there as {model_title(single, file_sha256(single))}")
     if config.validation_prompts:
         print(f"Samples: {result.output_dir / 'samples'}")
     return 0

@@ -418,6 +418,12 @@ def single_file_to_diffusers(src, dest, allow_pickle: bool = False) -> Path:
     return dest
 
 
+def trained_single_file_path(config) -> Path:
+    """OUTPUT_DIR/<name>.safetensors, named after the output folder (what A1111/ComfyUI list)."""
+    out = Path(config.output_dir)
+    return out / f"{out.resolve().name or 'dreambooth-model'}.safetensors"
+
+
 def save_trained_single_file(unet, vae, text_encoder, scheduler, config, out: Path,
                              steps: Optional[int] = None) -> tuple[Path, str]:
     """The end of a full fine-tune: OUTPUT_DIR/<name>.safetensors with the run's metadata.
@@ -427,7 +433,7 @@ def save_trained_single_file(unet, vae, text_encoder, scheduler, config, out: Pa
     """
     import logging
     from ..config import config_to_dict
-    name = Path(config.output_dir).resolve().name or "dreambooth-model"
+    name = trained_single_file_path(config).stem
     meta = {**base_model_info(config.pretrained_model_name_or_path),
             "sksbooth.instance_prompt": config.instance_prompt, "sksbooth.class_prompt": config.class_prompt,
             "sksbooth.steps": str(steps if steps is not None else config.max_train_steps),

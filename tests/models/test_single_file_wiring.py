@@ -82,3 +82,16 @@ def test_cli_convert_both_ways(tiny_model, tmp_path, capsys):
     ckpt.write_bytes(b"\0" * 16)
     assert cli_main(["convert", str(ckpt), str(tmp_path / "x")]) == 2
     assert "--allow_pickle_checkpoints" in capsys.readouterr().err
+
+
+def test_cli_train_names_the_single_file_with_its_a1111_hash(tiny_model, instance_dir, tmp_path, capsys):
+    out = tmp_path / "my-dog"
+    code = cli_main(["train", "--pretrained_model_name_or_path", str(tiny_model), "--instance_data_dir",
+                     str(instance_dir), "--instance_prompt", "a photo of sks dog", "--output_dir", str(out),
+                     "--resolution", "64", "--train_batch_size", "1", "--max_train_steps", "1",
+                     "--lr_warmup_steps", "0", "--save_precision", "fp16"])
+    assert code == 0
+    single = out / "my-dog.safetensors"
+    printed = capsys.readouterr().out
+    assert f"my-dog.safetensors [{file_sha256(single)[:10]}]" in printed
+    assert metadata(single)["sksbooth.precision"] == "fp16"
