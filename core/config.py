@@ -46,8 +46,9 @@ UNSUPPORTED_FLAGS = {
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-ATTENTION_CHOICES = ("auto", "xformers", "sdpa", "sliced", "math")  # see models/attention.py
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 LORA_FORMATS = ("kohya", "diffusers")
+ATTENTION_CHOICES = ("auto", "xformers", "sdpa", "sliced", "math")  # see models/attention.py
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class TrainConfig:
     lr_warmup_steps: int = opt(500, "Warmup steps of the scheduler.")
     lr_num_cycles: int = opt(1, "Hard resets of cosine_with_restarts.")
     lr_power: float = opt(1.0, "Power of the polynomial scheduler.")
-    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (must be installed).")
+    use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (must be installed); same as --optimizer adamw8bit.")
+    optimizer: str = opt("adamw", "adamw, adamw8bit (bitsandbytes, a quarter of AdamW's state memory) or adafactor (factored second moments, no first moment: the least memory).", choices=OPTIMIZERS)
     dataloader_num_workers: int = opt(0, "Data-loading subprocesses.")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
@@ -111,6 +113,9 @@ class TrainConfig:
     enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (must be installed); same as --attention xformers.")
     attention: str = opt("auto", "Attention backend: " + ", ".join(ATTENTION_CHOICES) + ". auto takes the fastest available (xformers on CUDA if installed, else sdpa); sliced saves memory; math is the plain reference. The run's config records the backend used.", choices=ATTENTION_CHOICES)
     set_grads_to_none: bool = opt(False, "Set gradients to None instead of zero (saves memory).")
+    cache_latents: bool = opt(True, "Encode every image once through the VAE before training, then free the VAE. Images are centre-cropped once (random crops need --no-cache_latents); with --random_flip both orientations are cached.")
+    use_ema: bool = opt(False, "Keep an exponential moving average of the UNet weights in CPU memory; the saved model uses it.")
+    ema_decay: float = opt(0.9999, "EMA decay (diffusers' EMAModel warms up towards it: min(decay, (1+n)/(10+n))).")
     pre_compute_text_embeddings: bool = opt(False, "Encode prompts once and free the text encoder.")
     tokenizer_max_length: Optional[int] = opt(None, "Tokenizer max length (default: the tokenizer's).")
     text_encoder_use_attention_mask: bool = opt(False, "Pass the attention mask to the text encoder.")
@@ -156,6 +161,11 @@ class TrainConfig:
         return "xformers" if self.enable_xformers_memory_efficient_attention else self.attention
 
     @property
+    def resolved_optimizer(self) -> str:
+        """The optimizer asked for; --use_8bit_adam means adamw8bit."""
+        return "adamw8bit" if self.use_8bit_adam else self.optimizer
+
+    @property
     def validation_prompts(self) -> list[str]:
         if not self.validation_prompt:
             return []
@@ -177,6 +187,12 @@ def _train_problems(c: TrainConfig):
         yield "--with_prior_preservation needs --class_prompt, e.g. 'a photo of dog'."
     if c.enable_xformers_memory_efficient_attention and c.attention not in ("auto", "xformers"):
         yield f"--enable_xformers_memory_efficient_attention conflicts with --attention {c.attention}; keep one."
+    if c.use_8bit_adam and c.optimizer not in ("adamw", "adamw8bit"):
+        yield f"--use_8bit_adam conflicts with --optimizer {c.optimizer}; keep one."
+    if c.use_ema and c.use_lora:
+        yield "--use_ema averages full UNet weights; it cannot be used with --use_lora."
+    if not 0 <= c.ema_decay <= 1:
+        yield f"--ema_decay must be between 0 and 1 (got {c.ema_decay})."
     if c.train_text_encoder and c.pre_compute_text_embeddings:
         yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
     positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",

@@ -230,11 +230,11 @@ def test_json_config_file(tmp_path):
 
 
 def test_unknown_toml_keys_fail_with_a_clear_message(tmp_path):
-    path = write_toml(tmp_path, TOML + 'learning_rat = 2e-6\nuse_ema = true\n')
+    path = write_toml(tmp_path, TOML + 'learning_rat = 2e-6\nuse_emma = true\n')
     with pytest.raises(ConfigError) as e:
         config_from_args(TrainConfig, parse(["train", "--config", str(path)]))
     msg = str(e.value)
-    assert "Unknown TrainConfig option(s): learning_rat, use_ema." in msg
+    assert "Unknown TrainConfig option(s): learning_rat, use_emma." in msg
     assert "Valid options:" in msg and "learning_rate" in msg
 
 

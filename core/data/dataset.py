@@ -30,6 +30,9 @@ class DreamBoothDataset(Dataset):
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.seed = seed
         self.epoch = 0
+        # {(kind, index, flipped): VAE posterior params}, filled by train.latents.cache_latents;
+        # when set, items hold cached latents instead of pixels.
+        self.latent_cache: Optional[dict] = None
 
     def __len__(self) -> int:
         return max(len(self.instance_images), len(self.class_images))
@@ -38,28 +41,39 @@ class DreamBoothDataset(Dataset):
         # Deterministic per (seed, epoch, index): a resumed run sees the same crops.
         return random.Random(hash((self.seed, self.epoch, index)))
 
+    def cache_sources(self):
+        """(kind, index, path) of every distinct image, for the latent cache."""
+        yield from (("instance", i, p) for i, p in enumerate(self.instance_images))
+        yield from (("class", i, p) for i, p in enumerate(self.class_images))
+
+    def _image(self, kind: str, i: int, path, rng: random.Random) -> tuple[str, torch.Tensor]:
+        if self.latent_cache is None:
+            return "pixels", prepare_image(load_image(path), self.resolution, self.center_crop,
+                                           self.random_flip, rng)
+        # the flip draw is the same one prepare_image makes after a centre crop
+        flipped = self.random_flip and rng.random() < 0.5
+        return "latents", self.latent_cache[(kind, i, flipped)]
+
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         i = index % len(self.instance_images)
-        item = {
-            "instance_pixels": prepare_image(load_image(self.instance_images[i]), self.resolution,
-                                             self.center_crop, self.random_flip, rng),
-            "instance_prompt": self.instance_captions[i],
-        }
+        what, value = self._image("instance", i, self.instance_images[i], rng)
+        item = {f"instance_{what}": value, "instance_prompt": self.instance_captions[i]}
         if self.class_images:
-            path = self.class_images[index % len(self.class_images)]
-            item["class_pixels"] = prepare_image(load_image(path), self.resolution, self.center_crop,
-                                                 self.random_flip, rng)
+            j = index % len(self.class_images)
+            what, value = self._image("class", j, self.class_images[j], rng)
+            item[f"class_{what}"] = value
             item["class_prompt"] = self.class_prompt
         return item
 
 
 def collate(items: list[dict]) -> dict:
     """Stack instance images first, then class images: one forward pass, then chunk in two."""
-    pixels = [it["instance_pixels"] for it in items]
+    what = "latents" if "instance_latents" in items[0] else "pixels"
+    values = [it[f"instance_{what}"] for it in items]
     prompts = [it["instance_prompt"] for it in items]
-    if "class_pixels" in items[0]:
-        pixels += [it["class_pixels"] for it in items]
+    if f"class_{what}" in items[0]:
+        values += [it[f"class_{what}"] for it in items]
         prompts += [it["class_prompt"] for it in items]
-    return {"pixel_values": torch.stack(pixels).contiguous(), "prompts": prompts,
-            "num_instance": len(items)}
+    key = "latent_params" if what == "latents" else "pixel_values"
+    return {key: torch.stack(values).contiguous(), "prompts": prompts, "num_instance": len(items)}

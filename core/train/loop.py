@@ -12,6 +12,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import NonFiniteLossError, OutOfMemory
 from ..events import Callback, StopFlag, emit
+from .latents import latents_for_step
 from .losses import compute_snr, diffusion_target, dreambooth_loss, min_snr_weights, sample_noise
 from .report import append_jsonl
 from .session import Session, build_session
@@ -60,6 +61,8 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
             if not accelerator.sync_gradients:
                 continue  # mid-accumulation: not an optimizer step yet
             s.global_step += 1
+            if s.ema:
+                s.ema.step(s.unet)
             record = {"loss": losses[0].item(), "instance_loss": losses[1].item(), "prior_loss": losses[2].item(),
                       "lr": s.lr_scheduler.get_last_lr()[0]}
             if accelerator.is_main_process:
@@ -85,10 +88,8 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
 
 def training_step(batch, s: Session, config: TrainConfig):
     """One forward pass over [instance..., class...] images; returns (loss, instance part, prior part)."""
-    scheduler, vae, device = s.parts.noise_scheduler, s.parts.vae, s.accelerator.device
-    with torch.no_grad():
-        pixels = batch["pixel_values"].to(device, dtype=s.weight_dtype)
-        latents = vae.encode(pixels).latent_dist.sample(generator=s.noise_rng) * vae.config.scaling_factor
+    scheduler, device = s.parts.noise_scheduler, s.accelerator.device
+    latents = latents_for_step(batch, s.parts.vae, device, s.weight_dtype, s.noise_rng)  # cached or encoded
     noise = sample_noise(latents, s.noise_rng, OFFSET_NOISE if config.offset_noise else 0.0)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=s.noise_rng)
     timesteps = timesteps.to(device)

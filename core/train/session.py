@@ -18,6 +18,8 @@ from ..models.load import SDComponents, load_components
 from .checkpoint import CONFIG_NAME, load_checkpoint, resolve_resume, save_checkpoint
 from .report import read_jsonl, write_loss_plot
 from .sampling import write_sample_grid
+from .latents import cache_latents
+from .memory import CpuEMA, offload, on_device
 from .save import save_final_model
 from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
                     make_optimizer, prepare_models, schedule_lengths, trainable_parameters)
@@ -44,6 +46,7 @@ class Session:
     epochs: int
     global_step: int = 0
     last_checkpoint: Optional[Path] = None
+    ema: Optional[CpuEMA] = None  # --use_ema: UNet weights averaged in CPU memory
 
     @property
     def unet(self):
@@ -62,7 +65,8 @@ class Session:
 
     def checkpoint(self, callbacks) -> Path:
         state = {"global_step": self.global_step, "noise_rng": self.noise_rng.get_state(),
-                 "weights_fingerprint": fingerprint(self.trained)}
+                 "weights_fingerprint": fingerprint(self.trained),
+                 "ema": self.ema.state_dict() if self.ema else None}
         self.last_checkpoint = save_checkpoint(self.accelerator, self.out, self.global_step, state, self.config,
                                                self.config.checkpoints_total_limit)
         if self.accelerator.is_main_process:
@@ -72,8 +76,9 @@ class Session:
 
     def sample(self, callbacks) -> None:
         unwrap = self.accelerator.unwrap_model
-        grid = write_sample_grid(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config,
-                                 self.global_step, self.out / "samples", self.weight_dtype)
+        with on_device([self.parts.vae, unwrap(self.text_encoder)], self.accelerator.device):  # if offloaded
+            grid = write_sample_grid(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config,
+                                     self.global_step, self.out / "samples", self.weight_dtype)
         emit(callbacks, "sample", self.global_step, self.max_steps, path=str(grid))
 
     def save_final(self) -> Optional[Path]:
@@ -81,6 +86,8 @@ class Session:
         path = None
         if self.accelerator.is_main_process:
             unwrap = self.accelerator.unwrap_model
+            if self.ema:
+                self.ema.copy_to(unwrap(self.unet))  # the saved model is the average
             path = save_final_model(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config, self.out,
                                     steps=self.global_step)
             write_loss_plot(read_jsonl(self.history_path), self.out / "loss.png")
@@ -113,6 +120,8 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name,
                             allow_pickle=config.allow_pickle_checkpoints)
     trained = prepare_models(parts, config, weight_dtype, accelerator.device)
+    if config.cache_latents:  # deterministic, draws no random numbers; frees the VAE from the device
+        cache_latents(dataset, parts.vae, accelerator.device, weight_dtype, callbacks)
     loader, sampler = make_dataloader(dataset, config, seed)
     lr = config.learning_rate
     if config.scale_lr:
@@ -127,9 +136,11 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
                             config.text_encoder_use_attention_mask)
     if config.pre_compute_text_embeddings:
         prompts.precompute(dataset.instance_captions + [config.class_prompt or ""], accelerator.device)
+        offload(parts.text_encoder)
     session = Session(config, accelerator, out, parts, trained, prompts, dataset, loader, sampler, optimizer,
                       lr_scheduler, torch.Generator().manual_seed(seed * 7919 + accelerator.process_index),
-                      weight_dtype, max_steps, updates_per_epoch, epochs)
+                      weight_dtype, max_steps, updates_per_epoch, epochs,
+                      ema=CpuEMA(accelerator.unwrap_model(trained[0]), config.ema_decay) if config.use_ema else None)
     if resume_from is not None:
         resume(session, resume_from, callbacks)
     if accelerator.is_main_process:  # drop loss records past the resume point
@@ -142,6 +153,8 @@ def resume(session: Session, path: Path, callbacks) -> None:
     state = load_checkpoint(session.accelerator, path)
     session.global_step, session.last_checkpoint = state["global_step"], path
     session.noise_rng.set_state(state["noise_rng"])
+    if session.ema:
+        session.ema.load_state_dict(state["ema"])  # KeyError: checkpoint written without --use_ema
     emit(callbacks, "log", message=f"Resumed from {path} at step {session.global_step}")
 
 

@@ -41,8 +41,9 @@ def check_optional_features(config) -> None:
     if tracker not in ("none", "all", "", None) and importlib.util.find_spec(tracker) is None:
         raise ConfigError(f"--report_to {tracker} needs the {tracker} package: pip install {tracker} "
                           "(or use --report_to none; the loss plot and loss_history.jsonl are always written).")
-    if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or drop the flag).")
+    if config.resolved_optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("8-bit AdamW (--optimizer adamw8bit or --use_8bit_adam) needs bitsandbytes: "
+                          "pip install bitsandbytes (or use --optimizer adafactor, which needs no extra package).")
 
 
 def choose_attention(config, device):
@@ -98,7 +99,12 @@ def trainable_parameters(modules) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(params, config, learning_rate: float):
-    if config.use_8bit_adam:
+    if config.resolved_optimizer == "adafactor":
+        # relative_step off: the learning rate is ours, driven by the lr scheduler as with AdamW.
+        from transformers.optimization import Adafactor
+        return Adafactor(params, lr=learning_rate, scale_parameter=False, relative_step=False, warmup_init=False,
+                         weight_decay=config.adam_weight_decay)
+    if config.resolved_optimizer == "adamw8bit":
         import bitsandbytes as bnb
         cls = bnb.optim.AdamW8bit
     else:

@@ -28,8 +28,10 @@ class PromptEncoder:
 
     def _encode(self, prompts: list[str], device) -> torch.Tensor:
         tokens = tokenize(self.tokenizer, prompts, self.max_length)
-        mask = tokens.attention_mask.to(device) if self.use_attention_mask else None
-        return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+        # where the encoder is: the accelerator, or CPU once offloaded after precompute()
+        here = next(self.text_encoder.parameters()).device
+        mask = tokens.attention_mask.to(here) if self.use_attention_mask else None
+        return self.text_encoder(tokens.input_ids.to(here), attention_mask=mask)[0].to(device)
 
     def __call__(self, prompts: list[str], device) -> torch.Tensor:
         if self.trainable:

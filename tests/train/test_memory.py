@@ -1,0 +1,199 @@
+"""Memory savers: latent caching, Adafactor, EMA, precomputed prompts, checkpointing, mixed precision."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from sksbooth.config import TrainConfig
+from sksbooth.errors import ConfigError
+from sksbooth.train.loop import train
+
+
+def make_config(tiny_model, instance_dir, out, **overrides) -> TrainConfig:
+    base = dict(pretrained_model_name_or_path=str(tiny_model), instance_data_dir=str(instance_dir),
+                instance_prompt="a photo of sks dog", output_dir=str(out), resolution=64, train_batch_size=2,
+                max_train_steps=4, checkpointing_steps=1000, learning_rate=1e-3, lr_warmup_steps=0, seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "loss_history.jsonl").read_text().splitlines()]
+
+
+def unet_state(folder: Path) -> dict:
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
+
+
+def distance(a: dict, b: dict) -> float:
+    return sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a) ** 0.5
+
+
+def test_cached_latents_give_the_same_losses_as_encoding_every_step(tiny_model, instance_dir, tmp_path):
+    """Same seeds, centre crops and flips: the cache must change nothing but the work done."""
+    runs = {}
+    for cached in (True, False):
+        out = tmp_path / f"cached-{cached}"
+        train(make_config(tiny_model, instance_dir, out, center_crop=True, random_flip=True, cache_latents=cached))
+        runs[cached] = losses(out)
+    assert len(runs[True]) == 4
+    torch.testing.assert_close(torch.tensor(runs[True]), torch.tensor(runs[False]), rtol=1e-4, atol=1e-6)
+
+
+def test_flip_caching_holds_both_orientations_and_the_dataset_uses_both(tiny_model, instance_dir):
+    from sksbooth.data.dataset import DreamBoothDataset, collate
+    from sksbooth.data.images import load_image, scan_image_folder
+    from sksbooth.data.transforms import prepare_image
+    from sksbooth.models.load import load_components
+    from sksbooth.train.latents import cache_latents
+
+    vae = load_components(str(tiny_model)).vae
+    ds = DreamBoothDataset(scan_image_folder(instance_dir, "instance"), "a photo of sks dog", 64, random_flip=True)
+    cache = cache_latents(ds, vae, "cpu", torch.float32)
+    assert set(cache) == {("instance", i, f) for i in range(3) for f in (False, True)}
+    pixels = prepare_image(load_image(ds.instance_images[1]), 64, True, False, random.Random(0))
+    with torch.no_grad():
+        plain = vae.encode(pixels[None]).latent_dist.parameters[0]
+        mirrored = vae.encode(pixels.flip(-1)[None]).latent_dist.parameters[0]
+    torch.testing.assert_close(cache[("instance", 1, False)], plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cache[("instance", 1, True)], mirrored, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, mirrored)
+    seen = set()
+    for epoch in range(8):
+        ds.epoch = epoch
+        for i in range(len(ds)):
+            latents = ds[i]["instance_latents"]
+            seen.add((i, next(f for f in (False, True) if latents is cache[("instance", i, f)])))
+    assert seen == {(i, f) for i in range(3) for f in (False, True)}
+    assert collate([ds[0], ds[1]])["latent_params"].shape == (2, 8, 32, 32)
+
+
+def test_caching_with_random_crops_says_it_centre_crops(tiny_model, instance_dir, tmp_path):
+    logs = []
+    train(make_config(tiny_model, instance_dir, tmp_path / "out", max_train_steps=1),
+          [lambda e: logs.append(e.data.get("message", "")) if e.kind == "log" else None])
+    assert any("centre-cropped once" in m for m in logs) and any("Cached the latents of 3" in m for m in logs)
+
+
+@torch.no_grad()
+def probe_error(model_dir: Path, image_dir: Path, unet=None) -> float:
+    """Epsilon-prediction MSE on fixed (image, noise, timestep) draws: lower = the model knows the images."""
+    from sksbooth.data.images import load_image, scan_image_folder
+    from sksbooth.data.transforms import prepare_image
+    from sksbooth.models.load import load_components
+    parts = load_components(str(model_dir))
+    unet = unet or parts.unet
+    pixels = torch.stack([prepare_image(load_image(p), 64, True, False, None)
+                          for p in scan_image_folder(image_dir, "probe").images])
+    latents = (parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor).repeat_interleave(8, 0)
+    g = torch.Generator().manual_seed(1234)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(50, 950, (latents.shape[0],), generator=g)
+    ids = parts.tokenizer(["a photo of sks dog"] * len(t), padding="max_length", max_length=77,
+                          return_tensors="pt").input_ids
+    pred = unet(parts.noise_scheduler.add_noise(latents, noise, t), t, parts.text_encoder(ids)[0]).sample
+    return torch.nn.functional.mse_loss(pred, noise).item()
+
+
+def test_adafactor_trains(tiny_model, tmp_path, instance_dir):
+    from diffusers import UNet2DConditionModel
+    from transformers.optimization import Adafactor
+    from sksbooth.train.setup import make_optimizer
+    one = tmp_path / "one"
+    one.mkdir()
+    (instance_dir / "subject_0.png").rename(one / "subject.png")
+    cfg = make_config(tiny_model, one, tmp_path / "out", optimizer="adafactor", train_batch_size=1,
+                      max_train_steps=60, learning_rate=2e-3)
+    assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg, 1e-3), Adafactor)
+    result = train(cfg)
+    tuned = UNet2DConditionModel.from_pretrained(result.model_path, subfolder="unet")
+    before, after = probe_error(tiny_model, one), probe_error(tiny_model, one, unet=tuned)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_optimizer_choices_and_the_8bit_flag():
+    base = dict(pretrained_model_name_or_path="m", instance_data_dir="d", instance_prompt="p")
+    assert TrainConfig(**base).resolved_optimizer == "adamw"
+    assert TrainConfig(**base, use_8bit_adam=True).resolved_optimizer == "adamw8bit"
+    with pytest.raises(ConfigError, match="conflicts"):
+        TrainConfig(**base, use_8bit_adam=True, optimizer="adafactor")
+    with pytest.raises(ConfigError, match="use_lora"):
+        TrainConfig(**base, use_ema=True, use_lora=True)
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_saved(tiny_model, instance_dir, tmp_path):
+    from safetensors.torch import load_file
+    raw = train(make_config(tiny_model, instance_dir, tmp_path / "raw", checkpointing_steps=1))
+    ema = train(make_config(tiny_model, instance_dir, tmp_path / "ema", use_ema=True, ema_decay=0.5,
+                            checkpointing_steps=2))
+    assert losses(tmp_path / "raw") == losses(tmp_path / "ema")  # the EMA never touches training
+    base, raw_w, ema_w = unet_state(tiny_model), unet_state(raw.model_path), unet_state(ema.model_path)
+    assert distance(ema_w, raw_w) > 0.05 * distance(raw_w, base)
+    assert distance(ema_w, base) < distance(raw_w, base)  # the average lags behind the raw weights
+    # replay diffusers' EMA over the raw run's per-step weights: decay_n = min(decay, (1+n)/(10+n)), n = step-1
+    shadow = {k: v.double() for k, v in base.items()}
+    for step in range(1, 5):
+        weights, n = load_file(tmp_path / "raw" / f"checkpoint-{step}" / "model.safetensors"), step - 1
+        decay = 0.0 if n <= 0 else min(0.5, (1 + n) / (10 + n))
+        shadow = {k: s - (1 - decay) * (s - weights[k].double()) for k, s in shadow.items()}
+    for k in base:
+        torch.testing.assert_close(ema_w[k].double(), shadow[k], rtol=0, atol=1e-6, msg=k)
+    state = torch.load(ema.last_checkpoint / "trainer_state_0.pt", weights_only=False)
+    assert state["ema"]["optimization_step"] == 4 and len(state["ema"]["shadow_params"]) == len(raw_w)
+
+
+def test_ema_resumes_exactly(tiny_model, instance_dir, tmp_path):
+    from sksbooth.events import StopFlag
+    common = dict(use_ema=True, ema_decay=0.9, max_train_steps=4)
+    straight = train(make_config(tiny_model, instance_dir, tmp_path / "straight", **common))
+    stop = StopFlag()
+    first = train(make_config(tiny_model, instance_dir, tmp_path / "resumed", **common),
+                  [lambda e: stop.request("test") if e.kind == "step" and e.step == 2 else None], stop)
+    assert first.stopped
+    second = train(make_config(tiny_model, instance_dir, tmp_path / "resumed", resume_from_checkpoint="latest",
+                               **common))
+    a, b = unet_state(straight.model_path), unet_state(second.model_path)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tiny_model, instance_dir, tmp_path):
+    for ckpt in (False, True):
+        train(make_config(tiny_model, instance_dir, tmp_path / f"gc-{ckpt}", max_train_steps=3,
+                          gradient_checkpointing=ckpt, train_text_encoder=True, learning_rate=1e-4))
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "gc-True")), torch.tensor(losses(tmp_path / "gc-False")),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_all_savers_together_train_with_finite_losses(tiny_model, instance_dir, tmp_path):
+    """bf16 autocast, Adafactor, grads set to None, checkpointing, precomputed prompts, EMA, samples."""
+    from accelerate.state import AcceleratorState
+    out = tmp_path / "out"
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate fixes the precision once per process
+    try:
+        result = train(make_config(tiny_model, instance_dir, out, mixed_precision="bf16", optimizer="adafactor",
+                                   set_grads_to_none=True, gradient_checkpointing=True,
+                                   pre_compute_text_embeddings=True, use_ema=True, validation_steps=4,
+                                   validation_prompt="a photo of sks dog", num_validation_images=1,
+                                   num_validation_inference_steps=2))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert all(torch.isfinite(torch.tensor(losses(out))))
+    assert result.model_path.is_dir() and any((out / "samples").iterdir())
+
+
+def test_precomputed_prompts_come_from_the_cache_once_the_encoder_is_offloaded(tiny_model):
+    from sksbooth.models.load import load_components
+    from sksbooth.train.text import PromptEncoder
+    parts = load_components(str(tiny_model))
+    prompts = PromptEncoder(parts.tokenizer, parts.text_encoder, trainable=False)
+    prompts.precompute(["a photo of sks dog"], "cpu")
+    expected = prompts(["a photo of sks dog"], "cpu")
+    parts.text_encoder.to("meta")  # gone from any device: a cached prompt must not need it
+    torch.testing.assert_close(prompts(["a photo of sks dog"] * 2, "cpu"), expected.repeat(2, 1, 1))
