@@ -251,7 +251,8 @@ def test_full_size_sd15_round_trip_and_original_key_layout(tmp_path):
     shapes, meta = header(path)
     assert shapes == reference_keys("sd15_ldm_keys.txt")
     assert meta["sksbooth.family"] == "sd1" and len(sha) == 64
-    model = sf.load_single_file(path, dtype=torch.float16)
+    # the configs bundled for SD 1.x (what a file from elsewhere, without our metadata, loads with)
+    model = sf.load_single_file(path, dtype=torch.float16, configs=sf.bundled_configs("sd1"))
     assert model.family == "sd1"
     for name, original in (("unet", unet), ("vae", vae), ("text_encoder", te)):
         sa, sb = original.state_dict(), getattr(model, name).state_dict()
@@ -259,6 +260,7 @@ def test_full_size_sd15_round_trip_and_original_key_layout(tmp_path):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), f"{name}.{k} differs"
     print(f"full-size SD 1.5 round trip: {time.monotonic() - start:.1f} s")
+    path.unlink()  # 2 GB: do not leave it in pytest's kept temp folders
 
 
 def test_sd2_key_layout_matches_the_original(tmp_path):
@@ -296,3 +298,28 @@ def test_diffusers_from_single_file_reads_our_file(family, tiny_model, request, 
     other = cls.from_single_file(str(path), config=str(folder), local_files_only=True)
     names = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if family == "sdxl" else ())
     assert_same_modules(pipe, other, names)
+
+
+def test_bundled_sdxl_configs_build_an_sdxl_shaped_file():
+    """SDXL base at full size, shapes only: the bundled configs build it and the saved layout is detected."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from sksbooth.models.detect import detect_family
+    cfg = sf.bundled_configs("sdxl")
+    with init_empty_weights(include_buffers=True):
+        unet = UNet2DConditionModel(**{k: v for k, v in cfg["unet"].items() if not k.startswith("_")})
+        vae = AutoencoderKL(**{k: v for k, v in cfg["vae"].items() if not k.startswith("_")})
+        te = CLIPTextModel(sf._clip_config(cfg["text_encoder"]))
+        te2 = CLIPTextModelWithProjection(sf._clip_config(cfg["text_encoder_2"]))
+    state = sf.to_ldm_state_dict(unet, vae, te, te2)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    assert detect_family(shapes) == "sdxl"
+    # well-known SDXL base shapes
+    assert shapes["model.diffusion_model.label_emb.0.0.weight"] == (1280, 2816)
+    assert shapes["model.diffusion_model.input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight"] == (1280, 2048)
+    assert shapes["conditioner.embedders.1.model.text_projection"] == (1280, 1280)
+    assert shapes["conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight"] == (3840, 1280)
+    assert shapes["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"] == (49408, 768)
+    assert "model.diffusion_model.output_blocks.8.0.skip_connection.weight" in shapes
+    assert not any(k.startswith("model.diffusion_model.input_blocks.9") for k in shapes)
