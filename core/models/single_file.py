@@ -315,7 +315,8 @@ def build_pipeline(model: SingleFileModel):
 def diffusers_family(unet, text_encoder, text_encoder_2=None, scheduler_config: Optional[Mapping] = None) -> str:
     if text_encoder_2 is not None or getattr(unet.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
-    if getattr(text_encoder.config, "hidden_act", "quick_gelu") == "gelu":  # OpenCLIP (CLIP-L uses quick_gelu)
+    # SD 2.x: OpenCLIP text encoder (gelu; OpenAI's CLIP-L uses quick_gelu), 1024-wide cross attention at full size
+    if getattr(text_encoder.config, "hidden_act", "quick_gelu") == "gelu" or unet.config.cross_attention_dim == 1024:
         v = (scheduler_config or {}).get("prediction_type") == "v_prediction"
         return "sd2-v" if v else "sd2"
     return "sd1"
