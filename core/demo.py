@@ -102,13 +102,8 @@ def run_demo(output_dir: str | Path = "dreambooth-demo", max_train_steps: Option
     config = demo_config(out, base, subject, max_train_steps or DEMO_STEPS)
     print(f"Training on {NUM_SUBJECT_IMAGES} toy images in {subject} ({config.max_train_steps} steps, "
           f"prior preservation with {config.num_class_images} class images) ...")
-    stop = StopFlag()
-    restore = stop.install_signal_handlers()
-    try:
-        with TqdmProgress() as progress:
-            result = train(config, callbacks=[progress], stop=stop)
-    finally:
-        restore()
+    with StopFlag().handling_signals() as stop, TqdmProgress() as progress:
+        result = train(config, callbacks=[progress], stop=stop)
     if result.stopped:
         print(f"Stopped at step {result.global_step}; checkpoint saved in {result.last_checkpoint}.")
         return 130

@@ -6,6 +6,7 @@ the worker to JSON lines, ComfyUI to its ProgressBar, A1111 to shared.state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
@@ -70,3 +71,12 @@ class StopFlag:
         for s in signals:
             signal.signal(s, handler)
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    @contextlib.contextmanager
+    def handling_signals(self):
+        """Within the block, Ctrl-C and SIGTERM request a graceful stop instead of killing the job."""
+        restore = self.install_signal_handlers()
+        try:
+            yield self
+        finally:
+            restore()
