@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="Precision of a written single file.")
     p.add_argument("--allow_pickle_checkpoints", action="store_true",
                    help="Allow a .ckpt/.pt/.bin SRC (pickle files can run code when loaded).")
+    sub.add_parser("plan", help="Predict the peak memory of a training configuration (dreambooth plan -h).")
     p = sub.add_parser("worker", help="Run a saved job file, streaming events as JSON lines (for UIs).")
     p.add_argument("job_file", help="A job file written by sksbooth.config.save_job_file.")
     return parser
@@ -83,6 +84,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: several times faster when the CPU is shared
     # (effective only before torch is imported, which is why it is set this early).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"]:  # its own parser: --arch plus every train flag, none required
+        from .plan import main as plan_main
+        return plan_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

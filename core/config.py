@@ -96,7 +96,7 @@ class TrainConfig:
     lr_num_cycles: int = opt(1, "Hard resets of cosine_with_restarts.")
     lr_power: float = opt(1.0, "Power of the polynomial scheduler.")
     use_8bit_adam: bool = opt(False, "8-bit AdamW from bitsandbytes (must be installed); same as --optimizer adamw8bit.")
-    optimizer: str = opt("adamw", "adamw, adamw8bit (bitsandbytes, a quarter of AdamW's state memory) or adafactor (factored second moments, no first moment: the least memory).", choices=OPTIMIZERS)
+    optimizer: str = opt("adamw", "adamw, adamw8bit (bitsandbytes: a quarter of AdamW's state memory) or adafactor (transformers: factored second moment, no first moment; about as small as adamw8bit for SD's UNet, whose 3x3 convolutions factor poorly, and needs no extra package).", choices=OPTIMIZERS)
     dataloader_num_workers: int = opt(0, "Data-loading subprocesses.")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")

@@ -1,0 +1,68 @@
+"""The memory planner: exact parameter counts, and every saver lowers the part it should."""
+
+from __future__ import annotations
+
+import pytest
+
+from sksbooth.config import TrainConfig
+from sksbooth.plan import build_on_meta, count, plan_memory, read_configs
+
+
+def cfg(arch="sd1", **kw) -> TrainConfig:
+    base = dict(pretrained_model_name_or_path=arch, instance_data_dir="-", instance_prompt="-", train_batch_size=1,
+                resolution=1024 if arch == "sdxl" else 512)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return build_on_meta(read_configs("sd1"))
+
+
+def test_parameter_counts_are_those_of_the_real_models(sd1):
+    assert round(count(sd1["unet"]) / 1e6, 2) == 859.52  # SD 1.5 UNet
+    assert round(count(sd1["vae"]) / 1e6, 2) == 83.65
+    assert round(count(sd1["text_encoder"]) / 1e6, 2) == 123.06  # CLIP ViT-L/14 text tower
+    xl = build_on_meta(read_configs("sdxl"))
+    assert round(count(xl["unet"]) / 1e6, 1) == 2567.5
+    assert round(count(xl["text_encoder_2"]) / 1e6, 1) == 694.7  # OpenCLIP bigG text tower + projection
+
+
+def test_each_saver_lowers_its_part(sd1):
+    plan = lambda **kw: plan_memory(cfg(**kw), models=sd1)
+    base = plan(cache_latents=False, attention="math")
+    assert base.device["optimizer state (adamw)"] == 8 * 859_520_964
+    assert base.device["gradients (fp32)"] == 4 * 859_520_964
+    act = lambda p: p.device["UNet activations"]
+    assert act(plan(attention="math", gradient_checkpointing=True)) < 0.25 * act(base)
+    assert act(plan(attention="sdpa")) < act(base)
+    assert act(plan(attention="sliced")) == act(base)  # slicing does not change what backward keeps
+    assert act(plan(attention="math", mixed_precision="bf16")) == act(base) // 2
+    opt = lambda p: next(v for k, v in p.device.items() if k.startswith("optimizer"))
+    assert opt(plan(optimizer="adamw8bit")) == opt(base) // 4
+    # transformers' Adafactor factors the last two dims: 3x3 convolutions barely shrink, so ~ 8-bit AdamW
+    assert 0.2 * opt(base) < opt(plan(optimizer="adafactor")) < 0.3 * opt(base)
+    assert "VAE weights" in base.device and "VAE weights" not in plan().device
+    assert "text encoder weights" not in plan(pre_compute_text_embeddings=True).device
+    assert plan(use_lora=True).peak < 0.5 * base.peak
+    assert plan(use_ema=True).cpu["EMA weights"] == 4 * 859_520_964 and "EMA weights" not in plan(use_ema=True).device
+    assert plan(train_text_encoder=True).device["gradients (fp32)"] == 4 * (859_520_964 + 123_060_480)
+
+
+def test_sdxl_plans_and_the_cli_prints_the_plan(capsys):
+    from sksbooth.cli import main
+    xl = plan_memory(cfg("sdxl", gradient_checkpointing=True, mixed_precision="bf16", optimizer="adafactor"))
+    assert 15 * 2**30 < xl.peak < 40 * 2**30
+    assert main(["plan", "--arch", "sd1", "--train_batch_size", "1", "--mixed_precision", "fp16"]) == 0
+    out = capsys.readouterr().out
+    assert "= peak" in out and "optimizer state (adamw)" in out
+
+
+def test_training_logs_the_plan(tiny_model, instance_dir, tmp_path):
+    from sksbooth.train.loop import train
+    logs = []
+    train(TrainConfig(pretrained_model_name_or_path=str(tiny_model), instance_data_dir=str(instance_dir),
+                      instance_prompt="a photo of sks dog", output_dir=str(tmp_path / "out"), resolution=64,
+                      train_batch_size=1, max_train_steps=1),
+          [lambda e: logs.append(e.data.get("message", "")) if e.kind == "log" else None])
+    assert any(m.startswith("Memory plan") and "= peak" in m for m in logs)
