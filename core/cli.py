@@ -115,13 +115,8 @@ def cmd_train(args) -> int:
     config = config_from_args(TrainConfig, args)  # validate before importing the heavy stack
     from .progress import TqdmProgress
     from .train.loop import train
-    stop = StopFlag(config.stop_file)
-    restore = stop.install_signal_handlers()
-    try:
-        with TqdmProgress() as progress:
-            result = train(config, callbacks=[progress], stop=stop)
-    finally:
-        restore()
+    with StopFlag(config.stop_file).handling_signals() as stop, TqdmProgress() as progress:
+        result = train(config, callbacks=[progress], stop=stop)
     if os.environ.get("RANK", "0") != "0":
         return 130 if result.stopped else 0  # the main process reports
     if result.stopped:
@@ -153,13 +148,8 @@ def cmd_class_images(args) -> int:
     from .class_images import generate_class_images
     from .progress import TqdmProgress
     config = config_from_args(ClassImagesConfig, args)
-    stop = StopFlag()
-    restore = stop.install_signal_handlers()
-    try:
-        with TqdmProgress() as progress:
-            folder = generate_class_images(config, callbacks=[progress], stop=stop)
-    finally:
-        restore()
+    with StopFlag().handling_signals() as stop, TqdmProgress() as progress:
+        folder = generate_class_images(config, callbacks=[progress], stop=stop)
     print(f"{len(folder.images)} class images in {folder.folder}")
     return 0
 

@@ -39,6 +39,8 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
     callbacks, stop = list(callbacks), stop or StopFlag(config.stop_file)
     check_optional_features(config)
     accelerator = make_accelerator(config)
+    if not accelerator.is_main_process:  # one report per run, not one per process
+        callbacks = []
     s = build_session(config, accelerator, callbacks, stop)
     emit(callbacks, "start", s.global_step, s.max_steps, job="train", output_dir=str(s.out))
     s.unet.train()

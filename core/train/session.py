@@ -134,6 +134,8 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
     lr_scheduler = make_lr_scheduler(optimizer, config, max_steps, accelerator.num_processes)
     *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
+    # prepare() shards the loader across processes: count epochs from the shard, as diffusers does
+    updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
 
     prompts = PromptEncoder(parts.tokenizer, trained[1] if config.train_text_encoder else parts.text_encoder,
                             config.train_text_encoder, config.tokenizer_max_length,

@@ -30,16 +30,18 @@ def test_two_processes_both_train_and_end_with_identical_weights(tiny_model, ins
     train_args = ["-m", "sksbooth.cli", "train", "--pretrained_model_name_or_path", str(tiny_model),
                   "--instance_data_dir", str(instance_dir), "--instance_prompt", "a photo of sks dog",
                   "--with_prior_preservation", "--class_prompt", "a photo of dog", "--num_class_images", "2",
-                  "--resolution", "64", "--train_batch_size", "1", "--max_train_steps", "4",
-                  "--checkpointing_steps", "4", "--learning_rate", "1e-3", "--lr_warmup_steps", "0",
+                  "--resolution", "64", "--train_batch_size", "1", "--max_train_steps", "6",
+                  "--checkpointing_steps", "6", "--learning_rate", "1e-3", "--lr_warmup_steps", "0",
                   "--seed", "1", "--output_dir", str(out)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(accelerate_cpu_ddp(2) + train_args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    checkpoint = out / "checkpoint-4"
+    # each rank gets half of the 3 images per epoch, and still all 6 steps are run
+    checkpoint = out / "checkpoint-6"
     ranks = [torch.load(checkpoint / f"trainer_state_{r}.pt", weights_only=False) for r in (0, 1)]
-    assert [s["global_step"] for s in ranks] == [4, 4]
+    assert [s["global_step"] for s in ranks] == [6, 6]
+    assert proc.stdout.count("Model:") == 1  # one report, from the main process
     # each rank drew its own noise (it trained on its own share), yet the weights agree exactly
     assert not torch.equal(ranks[0]["noise_rng"], ranks[1]["noise_rng"])
     assert ranks[0]["weights_fingerprint"] == ranks[1]["weights_fingerprint"]
