@@ -115,6 +115,8 @@ def test_prior_preservation_keeps_class_predictions_closer_to_the_base(base_with
                           class_prompt="a photo of dog" if prior else None, num_class_images=6,
                           class_data_dir=str(dogs), seed=5)
         shifts[prior] = class_prediction_shift(base_with_prior, train(cfg).model_path, "a photo of dog", dogs)
+    print(f"class-prompt prediction shift from the base: with prior preservation {shifts[True]:.5f}, "
+          f"without {shifts[False]:.5f} (ratio {shifts[True] / shifts[False]:.2f})")
     assert shifts[True] < 0.8 * shifts[False], shifts
 
 
