@@ -197,3 +197,16 @@ def test_precomputed_prompts_come_from_the_cache_once_the_encoder_is_offloaded(t
     expected = prompts(["a photo of sks dog"], "cpu")
     parts.text_encoder.to("meta")  # gone from any device: a cached prompt must not need it
     torch.testing.assert_close(prompts(["a photo of sks dog"] * 2, "cpu"), expected.repeat(2, 1, 1))
+
+
+def test_ema_can_be_switched_on_when_resuming_a_run_without_it(tiny_model, instance_dir, tmp_path):
+    from sksbooth.events import StopFlag
+    stop = StopFlag()
+    out = tmp_path / "run"
+    train(make_config(tiny_model, instance_dir, out, max_train_steps=4),
+          [lambda e: stop.request("test") if e.kind == "step" and e.step == 2 else None], stop)
+    logs = []
+    result = train(make_config(tiny_model, instance_dir, out, max_train_steps=4, use_ema=True, ema_decay=0.9,
+                               resume_from_checkpoint="latest"), [logs.append])
+    assert result.global_step == 4 and not result.stopped
+    assert any("holds no EMA weights" in e.data.get("message", "") for e in logs if e.kind == "log")
