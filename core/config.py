@@ -116,6 +116,7 @@ class TrainConfig:
     cache_latents: bool = opt(True, "Encode every image once through the VAE before training, then free the VAE. Images are centre-cropped once (random crops need --no-cache_latents); with --random_flip both orientations are cached.")
     use_ema: bool = opt(False, "Keep an exponential moving average of the UNet weights in CPU memory; the saved model uses it.")
     ema_decay: float = opt(0.9999, "EMA decay (diffusers' EMAModel warms up towards it: min(decay, (1+n)/(10+n))).")
+    memory_budget: Optional[str] = opt(None, "Memory the run may use, e.g. 8GB, 8000MB or 12.5G: training warns at start when the predicted peak exceeds it (default: the device's memory). `dreambooth plan --memory_budget 8GB` picks settings that fit.")
     pre_compute_text_embeddings: bool = opt(False, "Encode prompts once and free the text encoder.")
     tokenizer_max_length: Optional[int] = opt(None, "Tokenizer max length (default: the tokenizer's).")
     text_encoder_use_attention_mask: bool = opt(False, "Pass the attention mask to the text encoder.")
@@ -193,6 +194,12 @@ def _train_problems(c: TrainConfig):
         yield "--use_ema averages full UNet weights; it cannot be used with --use_lora."
     if not 0 <= c.ema_decay <= 1:
         yield f"--ema_decay must be between 0 and 1 (got {c.ema_decay})."
+    if c.memory_budget is not None:
+        from .plan import parse_size
+        try:
+            parse_size(c.memory_budget)
+        except ValueError as e:
+            yield f"--memory_budget: {e}"
     if c.train_text_encoder and c.pre_compute_text_embeddings:
         yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
     positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",

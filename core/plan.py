@@ -14,12 +14,20 @@ with a saved-tensors hook:
 
 Not counted: the CUDA context and allocator slack (typically 0.3-1 GB), text-encoder activations
 (77 tokens: small), data. The numbers are an estimate to compare configurations, not a promise.
+
+On CPU (`device="cpu"`) the "device" is the host RAM, so the plan also holds what really sits there:
+the process itself (interpreter + torch/diffusers/transformers, measured once: see PROCESS_BASELINE),
+and the frozen VAE and text encoder, which stay in RAM even with cached latents.
+
+`fit_budget` walks candidate settings in quality order and returns the first that fits a budget.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +37,14 @@ CONFIGS = Path(__file__).parent / "assets" / "configs"
 ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
 GB = 2 ** 30
 BYTES = {"fp16": 2, "bf16": 2}
+# RSS of a Python process that has imported torch, diffusers, transformers, accelerate and the trainer
+# (measured: 369 MB on Linux x86-64, torch 2.x CPU build); counted in CPU plans only.
+PROCESS_BASELINE = 370 * 2 ** 20
+# CPU only: RSS does not fall back when autograd frees saved activations during backward (glibc keeps the
+# freed chunks) while the activation gradients are being allocated, so the process peaks above
+# weights + saved activations. Calibrated from one measured run (benchmarks/plan_vs_measured.py, LoRA fp32
+# at 256 px, batch 2: 0.43 GB above the plan for 0.98 GB of saved activations) and checked on the others.
+CPU_BACKWARD_SLACK = 0.44
 
 
 @dataclass
@@ -135,6 +151,14 @@ class _PlanningProcessor:
 def unet_activation_bytes(unet, batch: int, latent_size: int, attention: str, checkpointing: bool,
                           text_width: Optional[int] = None) -> int:
     """Bytes autograd saves in one fp32 training forward of the UNet (measured on meta tensors)."""
+    key = (batch, latent_size, attention in ("sdpa", "xformers", "auto"), checkpointing, text_width)
+    cache = unet.__dict__.setdefault("_plan_activation_cache", {})  # fit_budget asks for the same shapes often
+    if key not in cache:
+        cache[key] = _unet_activation_bytes(unet, batch, latent_size, attention, checkpointing)
+    return cache[key]
+
+
+def _unet_activation_bytes(unet, batch: int, latent_size: int, attention: str, checkpointing: bool) -> int:
     from .models.attention import set_attention
     efficient = attention in ("sdpa", "xformers", "auto")
     if efficient:
@@ -155,7 +179,12 @@ def unet_activation_bytes(unet, batch: int, latent_size: int, attention: str, ch
     block_bytes: dict[str, int] = {}
     current: list[str] = []
 
+    weights = {id(p) for p in unet.parameters()}  # saved weights (and their views) are counted as weights
+
     def pack(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) in weights or id(base) in weights:
+            return tensor
         if id(tensor) not in saved:
             saved[id(tensor)] = (tensor, tensor.numel() * tensor.element_size())
             if current:
@@ -192,10 +221,16 @@ def _block_inputs(unet, batch: int, latent_size: int) -> int:
     return total
 
 
-def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = None) -> MemoryPlan:
-    """The plan for a TrainConfig; source: an arch name or model folder (default: the config's model)."""
+def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = None,
+                device: str = "cuda") -> MemoryPlan:
+    """The plan for a TrainConfig; source: an arch name or model folder (default: the config's model).
+
+    device: "cuda" (or any accelerator): the accelerator's memory; "cpu": the whole process's RAM."""
     models = models or build_on_meta(read_configs(source or config.pretrained_model_name_or_path))
     unet, plan = models["unet"], MemoryPlan()
+    on_cpu = str(device).split(":")[0] == "cpu"
+    if on_cpu:
+        plan.device["process (python + libraries)"] = PROCESS_BASELINE
     low = BYTES.get(config.mixed_precision or "no", 4)
     texts = [models[n] for n in ("text_encoder", "text_encoder_2") if n in models]
     if config.use_lora:
@@ -205,14 +240,16 @@ def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = N
     else:
         trained = list(unet.parameters())
         plan.device["UNet weights (fp32)"] = count(unet) * 4
-    if texts and not config.pre_compute_text_embeddings:
+    if texts and (on_cpu or not config.pre_compute_text_embeddings):  # on CPU it stays in RAM regardless
         n = sum(count(t) for t in texts)
         if config.train_text_encoder and not config.use_lora:
             trained += [p for t in texts for p in t.parameters()]
         plan.device["text encoder weights"] = n * (4 if config.train_text_encoder and not config.use_lora else low)
-    if "vae" in models and not config.cache_latents:
+    if "vae" in models and (on_cpu or not config.cache_latents):  # cached latents offload it to RAM
         plan.device["VAE weights"] = count(models["vae"]) * low
     n_trained = sum(p.numel() for p in trained)
+    if low < 4 and not config.use_lora:  # autocast keeps a low-precision copy of each fp32 trained weight
+        plan.device[f"{config.mixed_precision} weight copies (autocast)"] = n_trained * low
     plan.device["gradients (fp32)"] = n_trained * 4
     optimizer = config.resolved_optimizer
     plan.device[f"optimizer state ({optimizer})"] = optimizer_bytes(trained, optimizer)
@@ -221,14 +258,17 @@ def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = N
     acts = unet_activation_bytes(unet, batch, config.resolution // factor, config.resolved_attention,
                                  config.gradient_checkpointing)
     plan.device["UNet activations"] = acts * low // 4
+    if on_cpu:
+        plan.device["backward working set (CPU)"] = int(CPU_BACKWARD_SLACK * acts * low // 4)
     if config.use_ema:
         plan.cpu["EMA weights"] = count(unet) * 4
     plan.notes.append(f"{n_trained / 1e6:.1f}M trained parameters; batch {batch} at {config.resolution} px; "
-                      f"attention {config.resolved_attention}; CUDA context and allocator slack not included.")
+                      f"attention {config.resolved_attention}; " +
+                      ("whole process on CPU." if on_cpu else "CUDA context and allocator slack not included."))
     return plan
 
 
-def plan_for_components(config, parts) -> Optional[MemoryPlan]:
+def plan_for_components(config, parts, device: str = "cuda") -> Optional[MemoryPlan]:
     """The plan of a run whose models are loaded (their configs, rebuilt on meta); None if it cannot tell."""
     configs = {"unet": dict(parts.unet.config), "vae": dict(parts.vae.config)}
     for name in ("text_encoder", "text_encoder_2"):
@@ -236,28 +276,126 @@ def plan_for_components(config, parts) -> Optional[MemoryPlan]:
         if module is not None:
             configs[name] = module.config.to_dict()
     try:
-        return plan_memory(config, models=build_on_meta(configs))
+        return plan_memory(config, models=build_on_meta(configs), device=device)
     except Exception:  # an exotic architecture must never stop training
         return None
 
 
+_UNITS = {"B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": GB, "T": 2 ** 40}
+
+
+def parse_size(text) -> int:
+    """Bytes from "8GB", "8000MB", "12.5G", "512MiB" (binary units: 1 GB = 2**30 bytes; a bare number is GB)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(I?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"Cannot read memory size {text!r}: write e.g. 8GB, 8000MB or 12.5G.")
+    unit = m.group(2).upper() or ("B" if m.group(3) else "G")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def device_memory(device="cpu") -> Optional[int]:
+    """Total memory of the training device: host RAM on CPU, the GPU's memory on CUDA; None if unknown."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        pass
+    return None
+
+
+def budget_warning(plan: MemoryPlan, budget=None, device="cpu") -> Optional[str]:
+    """The warning training prints when the predicted peak exceeds the budget (default: the device's memory)."""
+    limit = parse_size(budget) if budget else device_memory(device)
+    if limit is None or plan.peak <= limit:
+        return None
+    what = f"--memory_budget {budget}" if budget else f"the {torch.device(device).type} device's memory"
+    return (f"WARNING: this run is predicted to need {plan.peak / GB:.2f} GB at its peak, more than {what} "
+            f"({limit / GB:.2f} GB); it may run out of memory. `dreambooth plan --memory_budget "
+            f"{budget or f'{limit / GB:.1f}GB'}` suggests settings that fit.")
+
+
+def candidate_settings(optimizer: str = "adafactor"):
+    """(label, settings) in quality order: full + text encoder, full UNet, LoRA + text encoder, LoRA;
+    within each, fewest memory savers first (none, checkpointing, bf16, the small optimizer, then pairs, then all)."""
+    savers = [("gradient_checkpointing", True), ("mixed_precision", "bf16"), ("optimizer", optimizer)]
+    subsets = [()] + [(s,) for s in savers] + [(a, b) for i, a in enumerate(savers) for b in savers[i + 1:]] + [tuple(savers)]
+    for use_lora in (False, True):
+        for text in (True, False):
+            for subset in subsets:
+                yield {"use_lora": use_lora, "train_text_encoder": text, "gradient_checkpointing": False,
+                       "mixed_precision": "no", "optimizer": "adamw", "use_8bit_adam": False, **dict(subset)}
+
+
+def as_flags(settings: dict) -> str:
+    """The command-line fragment for a candidate's settings."""
+    out = []
+    for name in ("use_lora", "train_text_encoder", "gradient_checkpointing"):
+        out += [f"--{name}"] if settings[name] else []
+    out += [f"--mixed_precision {settings['mixed_precision']}", f"--optimizer {settings['optimizer']}"]
+    return " ".join(out)
+
+
+def fit_budget(config, budget, models: Optional[dict] = None, device: str = "cuda",
+               source: Optional[str] = None):
+    """The first candidate (in quality order) whose predicted peak fits the budget:
+    (config, plan, flags), or None if nothing fits. budget: bytes or a size string ("8GB")."""
+    budget = parse_size(budget) if isinstance(budget, str) else int(budget)
+    models = models or build_on_meta(read_configs(source or config.pretrained_model_name_or_path))
+    small = "adamw8bit" if str(device).startswith("cuda") and _has_bitsandbytes() else "adafactor"
+    for settings in candidate_settings(small):
+        candidate = replace(config, **settings)
+        plan = plan_memory(candidate, models=models, device=device)
+        if plan.peak <= budget:
+            return candidate, plan, as_flags(settings)
+    return None
+
+
+def _has_bitsandbytes() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def main(argv=None) -> int:
-    """`dreambooth plan --arch sd1|sd2|sd2-v|sdxl|MODEL_DIR [training flags]`."""
+    """`dreambooth plan --arch sd1|sd2|sd2-v|sdxl|MODEL_DIR [--device cpu] [--memory_budget 8GB] [training flags]`."""
     import argparse
     import dataclasses
 
     from .cli import add_config_arguments
     from .config import TrainConfig
-    p = argparse.ArgumentParser(prog="dreambooth plan", description="Predict the peak memory of a training run.")
+    p = argparse.ArgumentParser(prog="dreambooth plan", description="Predict the peak memory of a training run; "
+                                "with --memory_budget, pick the best settings that fit.")
     p.add_argument("--arch", default=None, help=f"{', '.join(ARCHS)} or a diffusers folder (default: the model).")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cuda: the GPU's memory; cpu: the whole process's RAM (default: cuda).")
     add_config_arguments(p, TrainConfig)
     args = vars(p.parse_args(argv))
-    arch = args.pop("arch")
+    arch, device = args.pop("arch"), args.pop("device")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {"instance_data_dir": "-", "instance_prompt": "-", **{k: v for k, v in args.items() if k in names}}
     values.setdefault("pretrained_model_name_or_path", arch or "sd1")
     if "resolution" not in values:
         values["resolution"] = 1024 if (arch or values["pretrained_model_name_or_path"]) == "sdxl" else 512
+    if values.get("with_prior_preservation") and not values.get("class_prompt"):
+        values["class_prompt"] = "-"
     config = TrainConfig(**values)
-    print(plan_memory(config, source=arch).format())
+    models = build_on_meta(read_configs(arch or config.pretrained_model_name_or_path))
+    if not config.memory_budget:
+        print(plan_memory(config, models=models, device=device).format())
+        return 0
+    budget = parse_size(config.memory_budget)
+    found = fit_budget(config, budget, models=models, device=device)
+    if found is None:
+        least = min(plan_memory(replace(config, **s), models=models, device=device).peak
+                    for s in candidate_settings())
+        print(f"Nothing fits in {budget / GB:.2f} GB: the smallest candidate (LoRA, gradient checkpointing, bf16, "
+              f"adafactor) needs {least / GB:.2f} GB at batch {config.train_batch_size}, {config.resolution} px. "
+              "Lower --resolution or --train_batch_size, add --cache_latents / --pre_compute_text_embeddings, "
+              "or use a machine with more memory.")
+        return 1
+    _, plan, flags = found
+    print(plan.format())
+    print(f"Fits in {budget / GB:.2f} GB (predicted peak {plan.peak / GB:.2f} GB) with:\n  {flags}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..data.images import scan_image_folder
 from ..events import emit
 from ..fsutil import atomic_write_text
 from ..models.load import SDComponents, load_components
-from ..plan import plan_for_components
+from ..plan import budget_warning, plan_for_components
 from .checkpoint import CONFIG_NAME, load_checkpoint, resolve_resume, save_checkpoint
 from .report import read_jsonl, write_loss_plot
 from .sampling import write_sample_grid
@@ -123,9 +124,14 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     trained = prepare_models(parts, config, weight_dtype, accelerator.device)
     if config.cache_latents:  # deterministic, draws no random numbers; frees the VAE from the device
         cache_latents(dataset, parts.vae, accelerator.device, weight_dtype, callbacks)
-    plan = plan_for_components(config, parts)  # predicted peak memory, from the configs on the meta device
+    # predicted peak memory, from the configs on the meta device (on CPU: the whole process's RAM)
+    plan = plan_for_components(dataclasses.replace(config, mixed_precision=accelerator.mixed_precision), parts,
+                               device=accelerator.device.type)
     if plan is not None and accelerator.is_main_process:
         emit(callbacks, "log", message=plan.format())
+        warning = budget_warning(plan, config.memory_budget, accelerator.device)
+        if warning:
+            emit(callbacks, "log", message=warning)
     loader, sampler = make_dataloader(dataset, config, seed)
     lr = config.learning_rate
     if config.scale_lr:
