@@ -24,12 +24,25 @@ def make_accelerator(config):
     log_with = None if config.report_to in (None, "", "none") else config.report_to
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    forget_previous_run_precision()
     return Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / config.logging_dir)),
     )
+
+
+def forget_previous_run_precision() -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision.
+
+    A host app (ComfyUI, A1111) or a notebook runs several trainings in one process, each with its
+    own --mixed_precision, so a single-process run starts from a clean state. Under a distributed
+    launch the state holds the process group and must stay.
+    """
+    from accelerate.state import AcceleratorState
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def check_optional_features(config) -> None:

@@ -57,3 +57,12 @@ def test_v_prediction_bf16_min_snr_offset_noise_and_accumulation_still_learn(tin
     assert after < 0.7 * before, (before, after)
     saved = json.loads((result.model_path / "scheduler" / "scheduler_config.json").read_text())
     assert saved["prediction_type"] == "v_prediction"
+
+
+def test_runs_with_different_precisions_in_one_process(tiny_model, instance_dir, tmp_path):
+    """A host app trains several times in one process; accelerate's global state must not pin the first precision."""
+    for i, precision in enumerate(("no", "bf16", "no")):
+        cfg = TrainConfig(pretrained_model_name_or_path=str(tiny_model), instance_data_dir=str(instance_dir),
+                          instance_prompt="a photo of sks dog", output_dir=str(tmp_path / f"run{i}"), resolution=64,
+                          train_batch_size=1, max_train_steps=1, mixed_precision=precision, checkpointing_steps=1000)
+        assert train(cfg).global_step == 1
