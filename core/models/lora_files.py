@@ -22,87 +22,31 @@ import re
 import struct
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 
 from ..errors import ModelLoadError
+from .ldm_keys import unet_key
 
 UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# diffusers ResnetBlock2D -> LDM ResBlock
-_RESNET_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-# modules outside the blocks
-_TOP_LEVEL = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-              "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
-
-
-def _cfg(config: Any, key: str):
-    return config[key] if isinstance(config, Mapping) else getattr(config, key)
-
-
-def _resnet(rest: list[str]) -> list[str]:
-    if not rest:
-        return []
-    mapped = _RESNET_PARTS.get(rest[0])
-    if mapped is None:
-        raise KeyError(rest[0])
-    return mapped.split(".") + rest[1:]
-
-
 def unet_ldm_module_name(name: str, unet_config: Any) -> str:
     """A diffusers UNet2DConditionModel module path -> the same module's path in the LDM UNet.
 
     `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` -> `input_blocks.4.1.transformer_blocks.0.attn1.to_q`
-    for SD 1.x/2.x (2 layers per block). Blocks are numbered from the config, so any
-    SD-style layout (like the tiny test model) maps correctly.
+    for SD 1.x/2.x. The single-file saver's tensor-name mapping does the work, so a LoRA
+    always names the same module the saved checkpoint has.
     """
-    per_block = _cfg(unet_config, "layers_per_block")
+    per_block = unet_config["layers_per_block"]
     if not isinstance(per_block, int):
         raise ModelLoadError(f"UNets with per-block layer counts ({per_block}) are not supported for kohya LoRA names.")
-    n = per_block + 1  # LDM entries per down block (resnets + downsampler) and per up block
-    for diffusers_name, ldm_name in _TOP_LEVEL.items():
-        if name == diffusers_name or name.startswith(diffusers_name + "."):
-            return ldm_name + name[len(diffusers_name):]
-    parts = name.split(".")
     try:
-        if parts[0] == "down_blocks":
-            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
-            if kind == "resnets":
-                out = ["input_blocks", str(n * i + j + 1), "0"] + _resnet(rest)
-            elif kind == "attentions":
-                out = ["input_blocks", str(n * i + j + 1), "1"] + rest
-            elif kind == "downsamplers" and rest[:1] == ["conv"]:
-                out = ["input_blocks", str(n * (i + 1)), "0", "op"] + rest[1:]
-            else:
-                raise KeyError(kind)
-        elif parts[0] == "mid_block":
-            kind, j, rest = parts[1], int(parts[2]), parts[3:]
-            if kind == "resnets":
-                out = ["middle_block", str(2 * j)] + _resnet(rest)
-            elif kind == "attentions":
-                out = ["middle_block", "1"] + rest
-            else:
-                raise KeyError(kind)
-        elif parts[0] == "up_blocks":
-            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
-            if kind == "resnets":
-                out = ["output_blocks", str(n * i + j), "0"] + _resnet(rest)
-            elif kind == "attentions":
-                out = ["output_blocks", str(n * i + j), "1"] + rest
-            elif kind == "upsamplers" and rest[:1] == ["conv"]:
-                has_attention = "CrossAttn" in _cfg(unet_config, "up_block_types")[i]
-                out = ["output_blocks", str(n * i + per_block), "2" if has_attention else "1"] + rest
-            else:
-                raise KeyError(kind)
-        else:
-            raise KeyError(parts[0])
-    except (KeyError, IndexError, ValueError) as e:
+        return unet_key(name + ".weight", unet_config).removesuffix(".weight")
+    except KeyError as e:
         raise ModelLoadError(f"No LDM name for UNet module {name!r} ({e}).") from e
-    return ".".join(out)
 
 
 def kohya_unet_name(name: str, unet_config: Any) -> str:
