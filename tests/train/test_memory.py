@@ -205,3 +205,25 @@ def test_ema_can_be_switched_on_when_resuming_a_run_without_it(tiny_model, insta
                                resume_from_checkpoint="latest"), [logs.append])
     assert result.global_step == 4 and not result.stopped
     assert any("holds no EMA weights" in e.data.get("message", "") for e in logs if e.kind == "log")
+
+
+def test_adamw_uses_the_fused_kernel_with_the_reference_update(tiny_model, tmp_path, instance_dir):
+    from sksbooth.train.setup import make_optimizer
+    cfg = make_config(tiny_model, instance_dir, tmp_path / "out")
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 32, generator=g), torch.randn(32, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) for p in start] for _ in range(3)]
+    ours = [torch.nn.Parameter(p.clone()) for p in start]
+    reference = [torch.nn.Parameter(p.clone()) for p in start]
+    optimizer = make_optimizer(ours, cfg, 1e-2)
+    assert optimizer.defaults["fused"] is True
+    loop = torch.optim.AdamW(reference, lr=1e-2, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon, foreach=False)
+    for step_grads in grads:
+        for params, opt in ((ours, optimizer), (reference, loop)):
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+    for a, b, initial in zip(ours, reference, start):
+        assert not torch.equal(a.detach(), initial)  # it did update
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
