@@ -73,8 +73,8 @@ def _model_name_and_hash(config: GenerateConfig) -> tuple[str, Optional[str]]:
     if lora is None and (Path(config.model) / "model").is_dir():
         return Path(config.model).name, None  # our full fine-tune: the run's name
     if Path(root).is_file():
-        from .models.hashing import file_sha256, model_name, short_hash
-        return model_name(root), short_hash(file_sha256(root))
+        from .models.hashing import cached_file_sha256, model_name, short_hash
+        return model_name(root), short_hash(cached_file_sha256(root))
     return Path(root).name, None
 
 

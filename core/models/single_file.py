@@ -25,7 +25,7 @@ from ..errors import ModelLoadError
 from ..fsutil import atomic_file
 from . import ldm_keys
 from .detect import ARCHITECTURES, DESCRIPTIONS, detect_family
-from .hashing import file_sha256, model_name, short_hash
+from .hashing import cached_file_sha256, file_sha256, model_name, short_hash
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 PICKLE_FLAG = "--allow_pickle_checkpoints"
@@ -387,7 +387,7 @@ def base_model_info(path) -> dict[str, str]:
     target = p if p.is_file() else next((f for f in (p / "unet").glob("diffusion_pytorch_model*.safetensors")), None) \
         if p.is_dir() else None
     if target is not None and target.is_file():
-        info["sksbooth.base_model_hash"] = short_hash(file_sha256(target))
+        info["sksbooth.base_model_hash"] = short_hash(cached_file_sha256(target))
         if p.is_dir():
             info["sksbooth.base_model_hash_of"] = str(target.relative_to(p))
     return info
