@@ -8,6 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before any hub library is imported
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning threads on a shared CPU
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+if "SKSBOOTH_CACHE_DIR" not in os.environ:  # remembered model hashes stay out of the user's ~/.cache
+    import tempfile
+    os.environ["SKSBOOTH_CACHE_DIR"] = tempfile.mkdtemp(prefix="sksbooth-test-cache-")
 
 from pathlib import Path
 
