@@ -112,7 +112,7 @@ class TrainConfig:
     allow_tf32: bool = opt(False, "Allow TF32 matmuls on Ampere GPUs.")
     enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (must be installed); same as --attention xformers.")
     attention: str = opt("auto", "Attention backend: " + ", ".join(ATTENTION_CHOICES) + ". auto takes the fastest available (xformers on CUDA if installed, else sdpa); sliced saves memory; math is the plain reference. The run's config records the backend used.", choices=ATTENTION_CHOICES)
-    set_grads_to_none: bool = opt(False, "Set gradients to None instead of zero (saves memory).")
+    set_grads_to_none: bool = opt(True, "Free the gradients after each optimizer step instead of zeroing them, so they and the next forward's activations never coexist (same results, less memory; diffusers' default is off: --no-set_grads_to_none).")
     cache_latents: bool = opt(True, "Encode every image once through the VAE before training, then free the VAE. Images are centre-cropped once (random crops need --no-cache_latents); with --random_flip both orientations are cached.")
     use_ema: bool = opt(False, "Keep an exponential moving average of the UNet weights in CPU memory; the saved model uses it.")
     ema_decay: float = opt(0.9999, "EMA decay (diffusers' EMAModel warms up towards it: min(decay, (1+n)/(10+n))).")

@@ -250,7 +250,6 @@ def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = N
     n_trained = sum(p.numel() for p in trained)
     if low < 4 and not config.use_lora:  # autocast keeps a low-precision copy of each fp32 trained weight
         plan.device[f"{config.mixed_precision} weight copies (autocast)"] = n_trained * low
-    plan.device["gradients (fp32)"] = n_trained * 4
     optimizer = config.resolved_optimizer
     plan.device[f"optimizer state ({optimizer})"] = optimizer_bytes(trained, optimizer)
     batch = config.train_batch_size * (2 if config.with_prior_preservation else 1)
@@ -260,6 +259,14 @@ def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = N
     plan.device["UNet activations"] = acts * low // 4
     if on_cpu:
         plan.device["backward working set (CPU)"] = int(CPU_BACKWARD_SLACK * acts * low // 4)
+    grads = n_trained * 4
+    if config.set_grads_to_none:
+        # Gradients freed after each step: backward allocates them while it frees the saved activations,
+        # so only the part of the gradients larger than the activations adds to the peak.
+        freed = plan.device["UNet activations"] + plan.device.get("backward working set (CPU)", 0)
+        plan.device["gradients beyond freed activations"] = max(0, grads - freed)
+    else:
+        plan.device["gradients (fp32)"] = grads
     if config.use_ema:
         plan.cpu["EMA weights"] = count(unet) * 4
     plan.notes.append(f"{n_trained / 1e6:.1f}M trained parameters; batch {batch} at {config.resolution} px; "

@@ -82,6 +82,10 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
                 return TrainResult(s.out, None, s.global_step, True, s.last_checkpoint)
             if s.global_step >= s.max_steps:
                 break
+    # Saving needs the weights only: free the gradients and optimizer state first (for a full
+    # fine-tune three times the UNet's size), or the save's buffers come on top of them.
+    s.optimizer.zero_grad(set_to_none=True)
+    s.optimizer.state.clear()
     model_path = s.save_final()
     accelerator.end_training()
     emit(callbacks, "done", s.global_step, s.max_steps, model=str(model_path), loss_plot=str(s.out / "loss.png"))
