@@ -76,7 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plan", help="Predict the peak memory of a training configuration (dreambooth plan -h).")
     p = sub.add_parser("worker", help="Run a saved job file, streaming events as JSON lines (for UIs).")
     p.add_argument("job_file", help="A job file written by sksbooth.config.save_job_file.")
+    add_evaluate_parser(sub)
+    sub.add_parser("toyworld-pretrain", help="Remake the toy-world base and checker (about 40 min on 2 CPU cores; "
+                                             "dreambooth toyworld-pretrain -h).")
     return parser
+
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="Score a trained model with the DreamBooth paper's metrics: DINO, CLIP-I, "
+                                        "CLIP-T, PRES and DIV (needs local DINO and CLIP weights).")
+    p.add_argument("output_dir", help="The --output_dir of a finished `dreambooth train`.")
+    p.add_argument("--dino_model", required=True, help="A local DINO/DINOv2 transformers folder (e.g. facebook/dino-vits16).")
+    p.add_argument("--clip_model", required=True, help="A local CLIP transformers folder (e.g. openai/clip-vit-base-patch32).")
+    p.add_argument("--num_images", type=int, default=4, help="Images per prompt.")
+    p.add_argument("--num_inference_steps", type=int, default=25)
+    p.add_argument("--guidance_scale", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -88,6 +103,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:1] == ["plan"]:  # its own parser: --arch plus every train flag, none required
         from .plan import main as plan_main
         return plan_main(argv[1:])
+    if argv[:1] == ["toyworld-pretrain"]:  # its own parser, built from PretrainConfig
+        from .toyworld.make import main as toyworld_main
+        return toyworld_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -186,13 +204,23 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate.run import EvaluateConfig, evaluate
+    scores = evaluate(EvaluateConfig(args.output_dir, args.dino_model, args.clip_model, num_images=args.num_images,
+                                     num_inference_steps=args.num_inference_steps,
+                                     guidance_scale=args.guidance_scale, seed=args.seed))
+    print("  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return 0
+
+
 def cmd_worker(args) -> int:
     from .jobs.worker import run_worker
     return run_worker(args.job_file)
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "class-images": cmd_class_images, "demo": cmd_demo,
-            "make-tiny-model": cmd_make_tiny_model, "worker": cmd_worker, "convert": cmd_convert}
+            "make-tiny-model": cmd_make_tiny_model, "worker": cmd_worker, "convert": cmd_convert,
+            "evaluate": cmd_evaluate}
 
 if __name__ == "__main__":
     sys.exit(main())
