@@ -1,0 +1,222 @@
+"""Pretrain a complete Stable-Diffusion-family pipeline on the toy world, from scratch, on CPU.
+
+Two stages, the way Stable Diffusion itself was made: (1) an AutoencoderKL learns to compress the
+64x64 world images 4x per side; its latents are then computed once (the VAE is frozen afterwards);
+(2) a UNet2DConditionModel and a small CLIP text encoder learn together to denoise those latents
+given the captions. The result is an ordinary diffusers StableDiffusionPipeline folder in fp16.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .world import make_dataset
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0
+    num_images: int = 20_000
+    vae_steps: int = 0  # 0: as many as fit in vae_minutes (the steps taken are recorded in MADE.md)
+    vae_minutes: float = 5.0
+    vae_batch_size: int = 32
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 0  # 0: as many as fit in unet_minutes
+    unet_minutes: float = 30.0
+    unet_batch_size: int = 32
+    unet_lr: float = 1e-3
+    text_width: int = 64  # the token-embedding table (49,408 x width) is most of the shipped size
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    attention_heads: int = 1  # diffusers calls it attention_head_dim (SD 1.x legacy); head width = channels / heads
+    caption_dropout: float = 0.1  # empty captions teach the unconditional prediction classifier-free guidance needs
+    snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023)
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                         layers_per_block=1, norm_num_groups=16, sample_size=64)
+
+
+def build_unet(config: PretrainConfig):
+    from diffusers import UNet2DConditionModel
+    n = len(config.unet_channels)
+    # cross-attention at every resolution: the background covers the whole 16x16 latent
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=config.unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        layers_per_block=1, cross_attention_dim=config.text_width, attention_head_dim=config.attention_heads,
+        norm_num_groups=32)
+
+
+def build_text_encoder(config: PretrainConfig):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=config.text_width, intermediate_size=4 * config.text_width,
+        num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77, projection_dim=config.text_width,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+
+
+def build_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+    from ..models.tokenizer import write_clip_tokenizer
+    return CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(folder)))
+
+
+def build_scheduler():
+    from diffusers import DDPMScheduler
+    # SD 1.x's schedule, so every sampler and trainer treats the base like SD 1.5
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+
+
+class StepBudget:
+    """A fixed step count, or as many steps as fit in a time budget (estimated from the first 20 steps,
+    which is when the cosine schedule's length gets fixed)."""
+
+    def __init__(self, steps: int, minutes: float, probe: int = 20):
+        self.total, self.minutes, self.probe, self.started = steps or None, minutes, probe, time.monotonic()
+
+    def length(self) -> int:
+        return self.total or 10**9
+
+    def done(self, step: int) -> bool:
+        if self.total is None and step == self.probe:
+            per_step = (time.monotonic() - self.started) / self.probe
+            self.total = max(self.probe + 1, int(self.minutes * 60 / per_step))
+        return self.total is not None and step >= self.total
+
+
+def cosine_lr_budget(optimizer, budget: StepBudget, warmup: int = 100):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                             * 0.5 * (1 + math.cos(math.pi * min(1.0, s / budget.length()))))
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(images: np.ndarray, config: PretrainConfig, log: Log):
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0)
+    budget = StepBudget(config.vae_steps, config.vae_minutes)
+    sched = cosine_lr_budget(opt, budget)
+    gen = torch.Generator().manual_seed(config.seed)
+    step = 0
+    while not budget.done(step):
+        x = to_pixels(images[torch.randint(len(images), (config.vae_batch_size,), generator=gen).numpy()])
+        # the VAE is convolutional: random 32x32 crops teach it as well as whole images, 4x cheaper
+        oy, ox = torch.randint(0, 33, (2,), generator=gen).tolist()
+        x = x[:, :, oy:oy + 32, ox:ox + 32]
+        with torch.autocast("cpu", torch.bfloat16):  # ~2x faster for this conv-heavy model on CPU
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample(generator=gen)).sample.float()
+        mse = F.mse_loss(recon, x)
+        loss = mse + F.l1_loss(recon, x) + config.kl_weight * posterior.kl().float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            log(f"vae step {step}: mse {mse.item():.5f} (PSNR {10 * math.log10(4 / mse.item()):.1f} dB)")
+        step += 1
+    log(f"vae: {step} steps, last PSNR {10 * math.log10(4 / mse.item()):.1f} dB")
+    return vae.eval().requires_grad_(False), step
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Posterior means of all images, scaled to unit variance; sets the VAE's scaling_factor to match."""
+    means = torch.cat([vae.encode(to_pixels(images[i:i + batch])).latent_dist.mean
+                       for i in range(0, len(images), batch)])
+    scale = 1.0 / means.std().item()
+    vae.register_to_config(scaling_factor=scale)
+    return means * scale
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr  # epsilon prediction
+
+
+def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, config: PretrainConfig,
+                   log: Log):
+    from diffusers.models.attention_processor import AttnProcessor
+    unet, text_encoder, scheduler = build_unet(config), build_text_encoder(config), build_scheduler()
+    unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
+    budget = StepBudget(config.unet_steps, config.unet_minutes)
+    sched = cosine_lr_budget(opt, budget)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    losses, step = [], 0
+    while not budget.done(step):
+        idx = torch.randint(len(latents), (config.unet_batch_size,), generator=gen)
+        x0, tokens = latents[idx], ids[idx].clone()
+        tokens[torch.rand(len(idx), generator=gen) < config.caption_dropout] = empty_ids
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler, t, config.snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(per_sample.mean().item())
+        if step % 100 == 0:
+            log(f"unet step {step}: loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        step += 1
+    final = sum(losses[-200:]) / len(losses[-200:])
+    log(f"unet: {step} steps, final loss (mean of the last 200) {final:.4f}")
+    unet.set_default_attn_processor()
+    return unet.eval(), text_encoder.eval(), scheduler, final, step
+
+
+def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = print) -> dict:
+    """Make the toy-world base in `dest` (a diffusers folder, fp16); returns what MADE.md records."""
+    import tempfile
+    from diffusers import StableDiffusionPipeline
+    from ..fsutil import atomic_dir
+
+    started = time.monotonic()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    images, captions, _ = make_dataset(config.num_images, config.seed)
+    log(f"world: {len(images)} images in {time.monotonic() - started:.0f} s")
+    vae, vae_steps = train_vae(images, config, log)
+    latents = encode_latents(vae, images)
+    vae_minutes = (time.monotonic() - started) / 60
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp))
+    ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
+    unet, text_encoder, scheduler, final_loss, unet_steps = train_denoiser(latents, ids, empty, config, log)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False).to(torch.float16)
+    with atomic_dir(Path(dest)) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return {"config": asdict(config), "minutes": round((time.monotonic() - started) / 60, 1),
+            "vae_minutes": round(vae_minutes, 1), "vae_steps": vae_steps, "unet_steps": unet_steps,
+            "final_loss": round(final_loss, 4)}
