@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny-model", help="Build a tiny random-weight SD model folder offline (for tests).")
     p.add_argument("dest", help="Folder to create.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=("sd1", "sdxl"), default="sd1", help="SD 1.x or SDXL structure.")
     p = sub.add_parser("convert", help="Convert a model: diffusers folder <-> single .safetensors file (A1111/ComfyUI).",
                        description="SRC a diffusers folder (or a trained output folder) and DEST a .safetensors file "
                                    "writes the single file in the original (LDM) layout; SRC a .safetensors file "
@@ -179,7 +180,7 @@ def cmd_demo(args) -> int:
 
 def cmd_make_tiny_model(args) -> int:
     from .models.tiny import make_tiny_model
-    print(make_tiny_model(args.dest, seed=args.seed))
+    print(make_tiny_model(args.dest, seed=args.seed, arch=args.arch))
     return 0
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     """Everything a DreamBooth training run needs."""
 
     # --- model and data -------------------------------------------------------
-    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder, a .safetensors checkpoint (SD 1.x/2.x), or a hub id when online.")
+    pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder, a .safetensors checkpoint (SD 1.x/2.x/XL), or a hub id when online.")
     revision: Optional[str] = opt(None, "Revision of the base model on the hub.")
     variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
     tokenizer_name: Optional[str] = opt(None, "Tokenizer folder, if not the base model's.")
@@ -72,6 +72,8 @@ class TrainConfig:
     resolution: int = opt(512, "Training resolution (images are resized, then cropped to a square).")
     center_crop: bool = opt(False, "Center-crop instead of random-crop.")
     random_flip: bool = opt(False, "Randomly flip images horizontally.")
+    aspect_ratio_bucketing: bool = opt(False, "Keep each image's shape: train it at the bucket (a width x height of about resolution² pixels, sides multiples of --bucket_reso_steps, aspect 1:4 to 4:1) nearest its aspect ratio, one bucket per batch; class images are cropped to their instance image's bucket. kohya's --enable_bucket.")
+    bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this many pixels (with --aspect_ratio_bucketing).")
     # --- what to train --------------------------------------------------------
     train_text_encoder: bool = opt(False, "Also train the text encoder.")
     use_lora: bool = opt(False, "Train LoRA adapters instead of the full weights.")
@@ -130,6 +132,11 @@ class TrainConfig:
     validation_steps: int = opt(100, "Write a sample grid every N steps.")
     validation_scheduler: str = opt("DPMSolverMultistepScheduler", "Scheduler for validation images.", choices=("DPMSolverMultistepScheduler", "DDPMScheduler"))
     num_validation_inference_steps: int = opt(25, "Denoising steps for validation images.")
+    checkpoint_metric: Optional[str] = opt(None, "Score every checkpoint with a DreamBooth-paper metric and report the best by it: DINO, CLIP-I, CLIP-T, PRES (lower is better), DIV (these need --metric_dino_model and --metric_clip_model), or toy_subject, toy_fidelity, toy_background, toy_pres, toy_div (the toy world's own checker; for the shipped toy-world base). All scores go to OUTPUT_DIR/checkpoint_scores.jsonl.", choices=("DINO", "CLIP-I", "CLIP-T", "PRES", "DIV", "toy_subject", "toy_fidelity", "toy_background", "toy_pres", "toy_div"))
+    metric_dino_model: Optional[str] = opt(None, "Local DINO weights (a transformers folder) for --checkpoint_metric.")
+    metric_clip_model: Optional[str] = opt(None, "Local CLIP weights (a transformers folder) for --checkpoint_metric.")
+    metric_num_images: int = opt(4, "Images per prompt when --checkpoint_metric scores a checkpoint.")
+    keep_best_model: bool = opt(False, "With --checkpoint_metric: keep the best-scoring checkpoint's pipeline in OUTPUT_DIR/best-model.")
     # --- logging and launch (accepted for compatibility) ---------------------
     logging_dir: str = opt("logs", "Tracker log folder, under output_dir.")
     report_to: str = opt("none", "Trackers for accelerate (tensorboard, wandb, all, none). Our loss plot is always written.")
@@ -212,6 +219,14 @@ def _train_problems(c: TrainConfig):
         yield f"--max_train_steps must be at least 1 (got {c.max_train_steps})."
     if c.resolution % 8:
         yield f"--resolution must be a multiple of 8 (got {c.resolution})."
+    if c.checkpoint_metric and not c.class_prompt:
+        yield "--checkpoint_metric needs --class_prompt (PRES and DIV are measured on class-prompt images)."
+    if c.checkpoint_metric and not c.checkpoint_metric.startswith("toy_") and not (c.metric_dino_model and c.metric_clip_model):
+        yield f"--checkpoint_metric {c.checkpoint_metric} needs local DINO and CLIP weights: --metric_dino_model DIR --metric_clip_model DIR."
+    if c.keep_best_model and not c.checkpoint_metric:
+        yield "--keep_best_model needs --checkpoint_metric (the metric that decides which checkpoint is best)."
+    if c.bucket_reso_steps < 8 or c.bucket_reso_steps % 8:
+        yield f"--bucket_reso_steps must be a positive multiple of 8 (got {c.bucket_reso_steps})."
     if c.num_class_images < 0 or c.prior_loss_weight < 0 or c.learning_rate <= 0:
         yield "--num_class_images and --prior_loss_weight must be >= 0 and --learning_rate > 0."
     if c.checkpoints_total_limit is not None and c.checkpoints_total_limit < 1:

@@ -92,13 +92,13 @@ def _open_image(path: Optional[str], what: str, mode: str) -> Optional[Image.Ima
 
 
 def _pipeline_for(pipe, config: GenerateConfig):
-    """text-to-image, img2img or inpainting, sharing the loaded components."""
+    """text-to-image, img2img or inpainting (SD or SDXL), sharing the loaded components."""
+    import diffusers
+    xl = "XL" if getattr(pipe, "text_encoder_2", None) is not None else ""
     if config.mask_image:
-        from diffusers import StableDiffusionInpaintPipeline
-        run = StableDiffusionInpaintPipeline.from_pipe(pipe)
+        run = getattr(diffusers, f"StableDiffusion{xl}InpaintPipeline").from_pipe(pipe)
     elif config.init_image:
-        from diffusers import StableDiffusionImg2ImgPipeline
-        run = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        run = getattr(diffusers, f"StableDiffusion{xl}Img2ImgPipeline").from_pipe(pipe)
     else:
         run = pipe
     run.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)

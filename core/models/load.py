@@ -20,6 +20,12 @@ class SDComponents:
     vae: Any
     unet: Any
     noise_scheduler: Any
+    tokenizer_2: Any = None  # SDXL's second (OpenCLIP bigG) tokenizer and text encoder
+    text_encoder_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
 
 TRUE_VALUES = ("1", "ON", "YES", "TRUE")  # as huggingface_hub reads its environment variables
@@ -95,30 +101,49 @@ def load_components(path: str, revision: Optional[str] = None, variant: Optional
     root = str(resolved)
     kw = {"revision": revision}
     try:
-        return SDComponents(
+        parts = SDComponents(
             tokenizer=CLIPTokenizer.from_pretrained(tokenizer_name or root, subfolder=None if tokenizer_name else "tokenizer", **kw),
             text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", variant=variant, **kw),
             vae=AutoencoderKL.from_pretrained(root, subfolder="vae", variant=variant, **kw),
             unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", variant=variant, **kw),
             noise_scheduler=DDPMScheduler.from_pretrained(root, subfolder="scheduler", **kw),
         )
+        if is_sdxl_folder(resolved):
+            from transformers import CLIPTextModelWithProjection
+            parts.tokenizer_2 = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2", **kw)
+            parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2",
+                                                                               variant=variant, **kw)
+        return parts
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"Cannot load the Stable Diffusion model at {root}: {e}") from e
+
+
+def is_sdxl_folder(root: Path) -> bool:
+    """A diffusers folder of an SDXL pipeline: model_index.json names a second text encoder."""
+    import json
+    index = Path(root) / "model_index.json"
+    if not index.is_file():  # a hub id: its cached model_index.json, if any
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            found = try_to_load_from_cache(str(root), "model_index.json")
+        except Exception:
+            return False
+        if not isinstance(found, str):
+            return False
+        index = Path(found)
+    return bool((json.loads(index.read_text(encoding="utf-8")).get("text_encoder_2") or [None])[0])
 
 
 def components_from_single_file(path: Path, tokenizer_name: Optional[str] = None,
                                 allow_pickle: bool = False) -> SDComponents:
     """A .safetensors (or opted-in pickle) checkpoint: family detected from its tensors, configs bundled."""
     from diffusers import DDPMScheduler
-    from .detect import DESCRIPTIONS
     from .single_file import load_single_file
     model = load_single_file(path, allow_pickle)
-    if model.family == "sdxl":
-        raise ModelLoadError(f"{path} is an {DESCRIPTIONS['sdxl']} checkpoint: it loads for generation and "
-                             "conversion, but DreamBooth training of SDXL is not supported yet.")
     tokenizer = model.tokenizer
     if tokenizer_name:
         from transformers import CLIPTokenizer
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_name)
     return SDComponents(tokenizer=tokenizer, text_encoder=model.text_encoder, vae=model.vae, unet=model.unet,
-                        noise_scheduler=DDPMScheduler.from_config(model.scheduler_config))
+                        noise_scheduler=DDPMScheduler.from_config(model.scheduler_config),
+                        tokenizer_2=model.tokenizer_2, text_encoder_2=model.text_encoder_2)

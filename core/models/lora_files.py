@@ -7,6 +7,8 @@ Diffusion model, with dots turned into underscores:
     lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight     (out x rank)
     lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.alpha              (scalar)
     lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight         (text encoder)
+    lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight        (SDXL: CLIP-L)
+    lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight        (SDXL: OpenCLIP bigG)
 
 The applied delta is up @ down * alpha / rank, which is PEFT's lora_B @ lora_A * lora_alpha / r.
 A1111 (extensions-builtin/Lora) and ComfyUI (comfy/lora.py) both accept these names for every
@@ -31,6 +33,7 @@ from .ldm_keys import unet_key
 
 UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
+SDXL_TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te2_")  # kohya's sdxl_train_network names
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def unet_ldm_module_name(name: str, unet_config: Any) -> str:
@@ -53,7 +56,7 @@ def kohya_unet_name(name: str, unet_config: Any) -> str:
     return UNET_PREFIX + unet_ldm_module_name(name, unet_config).replace(".", "_")
 
 
-def kohya_text_encoder_name(name: str) -> str:
+def kohya_text_encoder_name(name: str, prefix: str = TEXT_ENCODER_PREFIX) -> str:
     """A CLIPTextModel module path -> `lora_te_text_model_encoder_layers_0_self_attn_q_proj`.
 
     The name is the one in the original CLIP text model (`text_model.encoder...`), which is
@@ -62,7 +65,7 @@ def kohya_text_encoder_name(name: str) -> str:
     """
     if not name.startswith("text_model."):
         name = "text_model." + name
-    return TEXT_ENCODER_PREFIX + name.replace(".", "_")
+    return prefix + name.replace(".", "_")
 
 
 def peft_lora_layers(model, adapter: Optional[str] = None) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
@@ -84,12 +87,20 @@ def peft_lora_layers(model, adapter: Optional[str] = None) -> dict[str, tuple[to
     return layers
 
 
-def kohya_state_dict(unet, text_encoder=None, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The kohya LoRA tensors for the PEFT adapters on `unet` (and `text_encoder`, if it has any)."""
+def kohya_state_dict(unet, text_encoder=None, dtype: torch.dtype = torch.float32,
+                     text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """The kohya LoRA tensors for the PEFT adapters on `unet` (and the text encoders given).
+
+    SDXL (a second text encoder): the encoders are named lora_te1_ and lora_te2_, as kohya's
+    SDXL scripts write them and A1111/ComfyUI read them.
+    """
     sd: dict[str, torch.Tensor] = {}
     sources = [(unet, lambda n: kohya_unet_name(n, unet.config))]
-    if text_encoder is not None:
-        sources.append((text_encoder, kohya_text_encoder_name))
+    sdxl = text_encoder_2 is not None or is_sdxl_unet(unet)
+    prefixes = SDXL_TEXT_ENCODER_PREFIXES if sdxl else (TEXT_ENCODER_PREFIX,)
+    for encoder, prefix in zip((text_encoder, text_encoder_2), prefixes):
+        if encoder is not None:
+            sources.append((encoder, lambda n, prefix=prefix: kohya_text_encoder_name(n, prefix)))
     for model, rename in sources:
         for name, (down, up, alpha) in peft_lora_layers(model).items():
             key = rename(name)
@@ -103,9 +114,20 @@ def kohya_state_dict(unet, text_encoder=None, dtype: torch.dtype = torch.float32
     return sd
 
 
+def is_sdxl_unet(unet) -> bool:
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
 def base_model_version(unet) -> str:
-    """kohya's ss_base_model_version: sd_v2 for 1024-wide cross attention (OpenCLIP-H), else sd_v1."""
+    """kohya's ss_base_model_version: sdxl_base_v1-0 for SDXL's UNet (text_time embedding), sd_v2 for
+    1024-wide cross attention (OpenCLIP-H), else sd_v1."""
+    if is_sdxl_unet(unet):
+        return "sdxl_base_v1-0"
     return "sd_v2" if unet.config.cross_attention_dim == 1024 else "sd_v1"
+
+
+MODELSPEC_ARCHITECTURES = {"sd_v1": "stable-diffusion-v1/lora", "sd_v2": "stable-diffusion-v2-512/lora",
+                           "sdxl_base_v1-0": "stable-diffusion-xl-v1-base/lora"}
 
 
 def kohya_metadata(config, unet, steps: Optional[int] = None) -> dict[str, str]:
@@ -134,7 +156,7 @@ def kohya_metadata(config, unet, steps: Optional[int] = None) -> dict[str, str]:
         "ss_prior_loss_weight": str(config.prior_loss_weight if config.with_prior_preservation else 0.0),
         "ss_training_finished_at": str(datetime.now(timezone.utc).timestamp()),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora" if version == "sd_v1" else "stable-diffusion-v2-512/lora",
+        "modelspec.architecture": MODELSPEC_ARCHITECTURES[version],
         "modelspec.implementation": "diffusers",
         "modelspec.title": lora_output_name(config),
         "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
@@ -152,11 +174,11 @@ def lora_output_name(config) -> str:
 
 
 def save_kohya_lora(path: Path, unet, text_encoder, metadata: dict[str, str],
-                    dtype: torch.dtype = torch.float16) -> Path:
+                    dtype: torch.dtype = torch.float16, text_encoder_2=None) -> Path:
     """Write the kohya LoRA to `path` (any temp path; the caller renames it into place)."""
     from safetensors.torch import save_file
 
-    tensors = kohya_state_dict(unet, text_encoder, dtype)
+    tensors = kohya_state_dict(unet, text_encoder, dtype, text_encoder_2)
     meta = dict(metadata)
     meta["sshs_model_hash"] = _sha256(_safetensors_payload(tensors))
     save_file(tensors, str(path), metadata=meta)
@@ -195,7 +217,7 @@ def is_kohya_lora(path: str | Path) -> bool:
             keys = list(f.keys())
     except Exception:
         return False
-    return bool(keys) and all(k.startswith((UNET_PREFIX, TEXT_ENCODER_PREFIX, "lora_te1_", "lora_te2_")) for k in keys)
+    return bool(keys) and all(k.startswith((UNET_PREFIX, TEXT_ENCODER_PREFIX) + SDXL_TEXT_ENCODER_PREFIXES) for k in keys)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -209,7 +231,9 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: Optiona
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelLoadError(f"LoRA file not found: {path}")
-    kw = {"unet_config": pipe.unet.config} if is_kohya_lora(path) else {}
+    # SDXL pipelines pass their UNet config to the kohya converter themselves
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    kw = {"unet_config": pipe.unet.config} if is_kohya_lora(path) and not sdxl else {}
     adapter_name = adapter_name or "sksbooth_" + hashlib.md5(str(path.resolve()).encode()).hexdigest()[:8]
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name, **kw)

@@ -53,23 +53,43 @@ def resolve_model_dir(path: str, allow_pickle: bool = False) -> tuple[Path, Opti
     return check_model_path(str(p), allow_pickle=allow_pickle), None
 
 
+def _folder_pipeline(root: Path, dtype: torch.dtype, variant: Optional[str]):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from .load import is_sdxl_folder
+    if is_sdxl_folder(root):
+        return StableDiffusionXLPipeline.from_pretrained(str(root), torch_dtype=dtype, variant=variant)
+    return StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, variant=variant,
+                                                   safety_checker=None, requires_safety_checker=False)
+
+
 def load_pipeline(path: str, dtype: torch.dtype = torch.float32, variant: Optional[str] = None,
                   lora_scale: float = 1.0, allow_pickle: bool = False):
-    from diffusers import StableDiffusionPipeline
     root, lora = resolve_model_dir(path, allow_pickle)
     try:
         if root.is_file():  # a single-file checkpoint (SD 1.x, 2.x or SDXL)
             from .single_file import build_pipeline, load_single_file
             pipe = build_pipeline(load_single_file(root, allow_pickle, dtype))
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, variant=variant,
-                                                           safety_checker=None, requires_safety_checker=False)
+            pipe = _folder_pipeline(root, dtype, variant)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Cannot load the Stable Diffusion pipeline at {root}: {e}") from e
     if lora is not None:
         apply_lora(pipe, lora, lora_scale)  # kohya or diffusers format
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pipeline_from_parts(parts, unet, text_encoder, scheduler, text_encoder_2=None):
+    """An SD (1.x/2.x) or SDXL pipeline around loaded components and the (trained) networks."""
+    if text_encoder_2 is not None:
+        from diffusers import StableDiffusionXLPipeline
+        return StableDiffusionXLPipeline(vae=parts.vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=unet,
+                                         scheduler=scheduler)
+    from diffusers import StableDiffusionPipeline
+    return StableDiffusionPipeline(vae=parts.vae, text_encoder=text_encoder, tokenizer=parts.tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def native_resolution(pipe) -> int:

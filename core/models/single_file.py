@@ -426,7 +426,7 @@ def trained_single_file_path(config) -> Path:
 
 
 def save_trained_single_file(unet, vae, text_encoder, scheduler, config, out: Path,
-                             steps: Optional[int] = None) -> tuple[Path, str]:
+                             steps: Optional[int] = None, text_encoder_2=None) -> tuple[Path, str]:
     """The end of a full fine-tune: OUTPUT_DIR/<name>.safetensors with the run's metadata.
 
     Metadata (strings, as safetensors stores them): sksbooth version, base model name and
@@ -440,7 +440,7 @@ def save_trained_single_file(unet, vae, text_encoder, scheduler, config, out: Pa
             "sksbooth.steps": str(steps if steps is not None else config.max_train_steps),
             "sksbooth.config": json.dumps(config_to_dict(config), sort_keys=True, default=str),
             "modelspec.title": name, "modelspec.description": f"DreamBooth: {config.instance_prompt}"}
-    path, sha = save_single_file(Path(out) / f"{name}.safetensors", unet, vae, text_encoder, None, scheduler,
+    path, sha = save_single_file(Path(out) / f"{name}.safetensors", unet, vae, text_encoder, text_encoder_2, scheduler,
                                  config.save_precision, meta)
     logging.getLogger("sksbooth").info("Saved %s [%s] (sha256 %s)", path, short_hash(sha), sha)
     return path, sha

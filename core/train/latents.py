@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..data.images import load_image
-from ..data.transforms import prepare_image
+from ..data.transforms import crop_to_tensor, fit_and_crop
 from ..events import emit
 from .memory import offload
 
@@ -38,21 +38,25 @@ def latents_for_step(batch: dict, vae, device, dtype, generator: torch.Generator
 
 @torch.no_grad()
 def cache_latents(dataset, vae, device, dtype, callbacks=(), batch_size: int = 4) -> dict:
-    """Fill dataset.latent_cache {(kind, index, flipped): posterior params on CPU}; then free the VAE."""
+    """Fill dataset.latent_cache {(kind, index, flipped, size): (posterior params on CPU, time ids)};
+    then free the VAE. Images of one size are encoded together (bucketed images differ in size)."""
     if not dataset.center_crop:
         emit(callbacks, "log", message="cache_latents: every image is centre-cropped once (random crops "
                                        "need --no-cache_latents).")
-    keys, pixels = [], []
-    for kind, index, path in dataset.cache_sources():
-        image = prepare_image(load_image(path), dataset.resolution, True, False, None)
+    by_size: dict = {}
+    for kind, index, path, size in dataset.cache_sources():
+        image = load_image(path)
+        cropped, corner = fit_and_crop(image, *size, True, None)
         for flipped in ((False, True) if dataset.random_flip else (False,)):
-            keys.append((kind, index, flipped))
-            pixels.append(image.flip(-1) if flipped else image)
+            by_size.setdefault(size, []).append(((kind, index, flipped, size),
+                                                 *crop_to_tensor(image.size, cropped, corner, flipped)))
     cache = {}
-    for start in range(0, len(pixels), batch_size):
-        chunk = torch.stack(pixels[start:start + batch_size]).to(device, dtype=dtype)
-        params = vae.encode(chunk).latent_dist.parameters.cpu()
-        cache.update(zip(keys[start:start + batch_size], params))
+    for entries in by_size.values():
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start:start + batch_size]
+            pixels = torch.stack([pixels for _, pixels, _ in chunk]).to(device, dtype=dtype)
+            params = vae.encode(pixels).latent_dist.parameters.cpu()
+            cache.update((key, (p, time_ids)) for (key, _, time_ids), p in zip(chunk, params))
     dataset.latent_cache = cache
     offload(vae)
     emit(callbacks, "log", message=f"Cached the latents of {len(cache)} images; the VAE left the {device} device.")

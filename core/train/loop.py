@@ -100,7 +100,7 @@ def training_step(batch, s: Session, config: TrainConfig):
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=s.noise_rng)
     timesteps = timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    pred = s.unet(noisy, timesteps, s.prompts(batch["prompts"], device), return_dict=False)[0]
+    pred = s.unet(noisy, timesteps, **s.prompts.unet_inputs(batch, device), return_dict=False)[0]
     target = diffusion_target(scheduler, latents, noise, timesteps)
     weights = None
     if config.snr_gamma is not None:

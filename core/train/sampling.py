@@ -6,18 +6,17 @@ from pathlib import Path
 
 import torch
 
-from ..models.pipeline import make_scheduler
+from ..models.pipeline import make_scheduler, pipeline_from_parts
 from .report import image_grid, save_png
 
 
 @torch.no_grad()
-def write_sample_grid(components, unet, text_encoder, config, step: int, out_dir: Path, dtype) -> Path:
+def write_sample_grid(components, unet, text_encoder, text_encoder_2=None, *, config, step: int, out_dir: Path,
+                      dtype) -> Path:
     """One row per validation prompt, `num_validation_images` columns, fixed seeds across steps."""
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline(
-        vae=components.vae, text_encoder=text_encoder, tokenizer=components.tokenizer, unet=unet,
-        scheduler=make_scheduler(config.validation_scheduler, components.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = pipeline_from_parts(components, unet, text_encoder,
+                               make_scheduler(config.validation_scheduler, components.noise_scheduler.config),
+                               text_encoder_2)
     pipe.set_progress_bar_config(disable=True)
     images = []
     was_training = unet.training

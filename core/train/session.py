@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 
 from ..config import ClassImagesConfig, TrainConfig, config_to_dict
+from ..data.buckets import assign_buckets, make_bucket_dataloader
 from ..data.dataset import DreamBoothDataset
 from ..data.images import scan_image_folder
 from ..events import emit
@@ -25,7 +26,7 @@ from .memory import CpuEMA, offload, on_device
 from .save import save_final_model
 from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
                     make_optimizer, prepare_models, schedule_lengths, trainable_parameters)
-from .text import PromptEncoder
+from .text import PromptEncoder, prepare_text_encoder_2
 
 
 @dataclass
@@ -34,11 +35,11 @@ class Session:
     accelerator: Any
     out: Path
     parts: SDComponents
-    trained: list  # the prepared modules being trained: [unet] or [unet, text_encoder]
+    trained: list  # the prepared modules being trained: [unet], [unet, text_encoder(s)]
     prompts: PromptEncoder
     dataset: DreamBoothDataset
     loader: Any
-    sampler: EpochShuffleSampler
+    sampler: EpochShuffleSampler  # or data.buckets.BucketBatchSampler: both order batches by (seed, epoch)
     optimizer: Any
     lr_scheduler: Any
     noise_rng: torch.Generator
@@ -59,6 +60,12 @@ class Session:
         return self.trained[1] if self.config.train_text_encoder else self.parts.text_encoder
 
     @property
+    def text_encoder_2(self):  # SDXL's second text encoder; None for SD 1.x/2.x
+        if self.parts.text_encoder_2 is None:
+            return None
+        return self.trained[2] if self.config.train_text_encoder else self.parts.text_encoder_2
+
+    @property
     def history_path(self) -> Path:
         return self.out / "loss_history.jsonl"
 
@@ -74,13 +81,17 @@ class Session:
         if self.accelerator.is_main_process:
             write_loss_plot(read_jsonl(self.history_path), self.out / "loss.png")
         emit(callbacks, "checkpoint", self.global_step, self.max_steps, path=str(self.last_checkpoint))
+        if self.config.checkpoint_metric and self.accelerator.is_main_process:
+            from ..evaluate.checkpoints import score_checkpoint
+            score_checkpoint(self, callbacks)
         return self.last_checkpoint
 
     def sample(self, callbacks) -> None:
         unwrap = self.accelerator.unwrap_model
-        with on_device([self.parts.vae, unwrap(self.text_encoder)], self.accelerator.device):  # if offloaded
-            grid = write_sample_grid(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config,
-                                     self.global_step, self.out / "samples", self.weight_dtype)
+        encoders = [unwrap(m) for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+        with on_device([self.parts.vae, *encoders], self.accelerator.device):  # if offloaded
+            grid = write_sample_grid(self.parts, unwrap(self.unet), *encoders, config=self.config,
+                                     step=self.global_step, out_dir=self.out / "samples", dtype=self.weight_dtype)
         emit(callbacks, "sample", self.global_step, self.max_steps, path=str(grid))
 
     def save_final(self) -> Optional[Path]:
@@ -91,7 +102,8 @@ class Session:
             if self.ema:
                 self.ema.copy_to(unwrap(self.unet))  # the saved model is the average
             path = save_final_model(self.parts, unwrap(self.unet), unwrap(self.text_encoder), self.config, self.out,
-                                    steps=self.global_step)
+                                    steps=self.global_step,
+                                    text_encoder_2=unwrap(self.text_encoder_2) if self.text_encoder_2 else None)
             write_loss_plot(read_jsonl(self.history_path), self.out / "loss.png")
         self.accelerator.wait_for_everyone()
         return path
@@ -114,14 +126,17 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     instance = scan_image_folder(config.instance_data_dir, "instance")
     if instance.skipped:
         emit(callbacks, "log", message=f"Skipped unreadable images: {instance.skipped}")
+    sizes = (assign_buckets(instance.images, config.resolution, config.bucket_reso_steps)
+             if config.aspect_ratio_bucketing else None)
     dataset = DreamBoothDataset(instance, config.instance_prompt, config.resolution, config.center_crop,
                                 config.random_flip, ensure_class_images(config, accelerator, callbacks, stop),
-                                config.class_prompt, seed)
+                                config.class_prompt, seed, sizes)
 
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
     parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name,
                             allow_pickle=config.allow_pickle_checkpoints)
     trained = prepare_models(parts, config, weight_dtype, accelerator.device)
+    trained += prepare_text_encoder_2(parts, config, weight_dtype, accelerator.device)  # SDXL
     if config.cache_latents:  # deterministic, draws no random numbers; frees the VAE from the device
         cache_latents(dataset, parts.vae, accelerator.device, weight_dtype, callbacks)
     # predicted peak memory, from the configs on the meta device (on CPU: the whole process's RAM)
@@ -132,7 +147,8 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
         warning = budget_warning(plan, config.memory_budget, accelerator.device)
         if warning:
             emit(callbacks, "log", message=warning)
-    loader, sampler = make_dataloader(dataset, config, seed)
+    make_loader = make_bucket_dataloader if config.aspect_ratio_bucketing else make_dataloader
+    loader, sampler = make_loader(dataset, config, seed)
     lr = config.learning_rate
     if config.scale_lr:
         lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
@@ -143,12 +159,15 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     # prepare() shards the loader across processes: count epochs from the shard, as diffusers does
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
 
-    prompts = PromptEncoder(parts.tokenizer, trained[1] if config.train_text_encoder else parts.text_encoder,
-                            config.train_text_encoder, config.tokenizer_max_length,
-                            config.text_encoder_use_attention_mask)
+    encoders = trained[1:] if config.train_text_encoder else [parts.text_encoder, parts.text_encoder_2]
+    prompts = PromptEncoder(parts.tokenizer, encoders[0], config.train_text_encoder, config.tokenizer_max_length,
+                            config.text_encoder_use_attention_mask, parts.tokenizer_2,
+                            encoders[1] if parts.is_sdxl else None)
     if config.pre_compute_text_embeddings:
         prompts.precompute(dataset.instance_captions + [config.class_prompt or ""], accelerator.device)
-        offload(parts.text_encoder)
+        for encoder in (parts.text_encoder, parts.text_encoder_2):
+            if encoder is not None:
+                offload(encoder)
     session = Session(config, accelerator, out, parts, trained, prompts, dataset, loader, sampler, optimizer,
                       lr_scheduler, torch.Generator().manual_seed(seed * 7919 + accelerator.process_index),
                       weight_dtype, max_steps, updates_per_epoch, epochs,

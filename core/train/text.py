@@ -1,4 +1,5 @@
-"""Prompt encoding, with a cache when the text encoder is frozen."""
+"""Prompt encoding into the UNet's conditioning (SD 1.x/2.x: one text encoder; SDXL: two), with a
+cache when the text encoders are frozen."""
 
 from __future__ import annotations
 
@@ -12,36 +13,97 @@ def tokenize(tokenizer, prompts: list[str], max_length: Optional[int] = None):
                      max_length=max_length or tokenizer.model_max_length, return_tensors="pt")
 
 
-class PromptEncoder:
-    """Turns prompts into the UNet's encoder_hidden_states.
+def _device_of(module):
+    # where the encoder is: the accelerator, or CPU once offloaded after precompute()
+    return next(module.parameters()).device
 
-    With a frozen text encoder each distinct prompt is encoded once and cached:
-    DreamBooth has only a handful of prompts, so this removes the text encoder from
-    every step.
+
+class PromptEncoder:
+    """Turns prompts into the UNet's conditioning.
+
+    SD 1.x/2.x: the text encoder's last hidden states (encoder_hidden_states). SDXL, as diffusers'
+    train_dreambooth_lora_sdxl.py and the original model: the penultimate hidden states of both
+    encoders concatenated, plus the second encoder's pooled (projected) embedding.
+    With frozen text encoders each distinct prompt is encoded once and cached: DreamBooth has only
+    a handful of prompts, so this removes the text encoders from every step.
     """
 
     def __init__(self, tokenizer, text_encoder, trainable: bool, max_length: Optional[int] = None,
-                 use_attention_mask: bool = False):
+                 use_attention_mask: bool = False, tokenizer_2=None, text_encoder_2=None):
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
         self.trainable, self.max_length, self.use_attention_mask = trainable, max_length, use_attention_mask
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
-    def _encode(self, prompts: list[str], device) -> torch.Tensor:
-        tokens = tokenize(self.tokenizer, prompts, self.max_length)
-        # where the encoder is: the accelerator, or CPU once offloaded after precompute()
-        here = next(self.text_encoder.parameters()).device
-        mask = tokens.attention_mask.to(here) if self.use_attention_mask else None
-        return self.text_encoder(tokens.input_ids.to(here), attention_mask=mask)[0].to(device)
+    @property
+    def sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
-    def __call__(self, prompts: list[str], device) -> torch.Tensor:
+    def _encode(self, prompts: list[str], device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not self.sdxl:
+            tokens = tokenize(self.tokenizer, prompts, self.max_length)
+            here = _device_of(self.text_encoder)
+            mask = tokens.attention_mask.to(here) if self.use_attention_mask else None
+            return self.text_encoder(tokens.input_ids.to(here), attention_mask=mask)[0].to(device), None
+        states, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            tokens = tokenize(tokenizer, prompts, self.max_length)
+            out = encoder(tokens.input_ids.to(_device_of(encoder)), output_hidden_states=True)
+            states.append(out.hidden_states[-2].to(device))
+            pooled = out[0].to(device)  # the second encoder's text_embeds
+        return torch.cat(states, dim=-1), pooled
+
+    def encode(self, prompts: list[str], device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(hidden states, pooled embeddings or None) for the prompts."""
         if self.trainable:
             return self._encode(prompts, device)
         missing = sorted({p for p in prompts if p not in self._cache})
         if missing:
             with torch.no_grad():
-                for prompt, emb in zip(missing, self._encode(missing, device)):
-                    self._cache[prompt] = emb
-        return torch.stack([self._cache[p] for p in prompts]).to(device)
+                hidden, pooled = self._encode(missing, device)
+                for i, prompt in enumerate(missing):
+                    self._cache[prompt] = (hidden[i], None if pooled is None else pooled[i])
+        hidden = torch.stack([self._cache[p][0] for p in prompts]).to(device)
+        pooled = torch.stack([self._cache[p][1] for p in prompts]).to(device) if self.sdxl else None
+        return hidden, pooled
+
+    def __call__(self, prompts: list[str], device) -> torch.Tensor:
+        return self.encode(prompts, device)[0]
+
+    def unet_inputs(self, batch: dict, device) -> dict:
+        """The UNet's conditioning keyword arguments for a batch.
+
+        SDXL also needs added_cond_kwargs: the pooled text embedding and, per image, the time ids
+        (original size, crop top-left, target size) the dataset recorded.
+        """
+        hidden, pooled = self.encode(batch["prompts"], device)
+        if pooled is None:
+            return {"encoder_hidden_states": hidden}
+        time_ids = batch["time_ids"].to(device, dtype=hidden.dtype)
+        return {"encoder_hidden_states": hidden, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
     def precompute(self, prompts: list[str], device) -> None:
         self(list(prompts), device)
+
+
+def prepare_text_encoder_2(parts, config, weight_dtype: torch.dtype, device) -> list[torch.nn.Module]:
+    """SDXL's second text encoder, treated as setup.prepare_models treats the first; [it] if trained.
+
+    Trained with --train_text_encoder (both encoders, as diffusers' SDXL script does): full weights
+    in fp32, or LoRA adapters (fp32) on low-precision base weights. Frozen: low precision.
+    """
+    from .setup import TEXT_LORA_TARGETS, add_lora
+    encoder = parts.text_encoder_2
+    if encoder is None:
+        return []
+    trained = config.train_text_encoder
+    encoder.requires_grad_(trained and not config.use_lora)
+    if trained and config.use_lora:
+        add_lora(encoder, config.rank, config.resolved_lora_alpha, TEXT_LORA_TARGETS)
+    if trained and config.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable()
+    encoder.to(device, dtype=torch.float32 if trained and not config.use_lora else weight_dtype)
+    for p in encoder.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return [encoder] if trained else []

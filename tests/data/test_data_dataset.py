@@ -28,7 +28,7 @@ def test_instance_items_with_captions(instance_dir):
     prompts = [ds[i]["instance_prompt"] for i in range(3)]
     assert prompts == ["a photo of sks dog", "sks dog in the snow", "a photo of sks dog"]
     item = ds[0]
-    assert set(item) == {"instance_pixels", "instance_prompt"}
+    assert set(item) == {"instance_pixels", "instance_prompt", "instance_time_ids"}
     assert item["instance_pixels"].shape == (3, RES, RES)
     assert item["instance_pixels"].min() >= -1 and item["instance_pixels"].max() <= 1
 

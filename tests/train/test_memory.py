@@ -56,20 +56,20 @@ def test_flip_caching_holds_both_orientations_and_the_dataset_uses_both(tiny_mod
     vae = load_components(str(tiny_model)).vae
     ds = DreamBoothDataset(scan_image_folder(instance_dir, "instance"), "a photo of sks dog", 64, random_flip=True)
     cache = cache_latents(ds, vae, "cpu", torch.float32)
-    assert set(cache) == {("instance", i, f) for i in range(3) for f in (False, True)}
+    assert set(cache) == {("instance", i, f, (64, 64)) for i in range(3) for f in (False, True)}
     pixels = prepare_image(load_image(ds.instance_images[1]), 64, True, False, random.Random(0))
     with torch.no_grad():
         plain = vae.encode(pixels[None]).latent_dist.parameters[0]
         mirrored = vae.encode(pixels.flip(-1)[None]).latent_dist.parameters[0]
-    torch.testing.assert_close(cache[("instance", 1, False)], plain, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(cache[("instance", 1, True)], mirrored, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cache[("instance", 1, False, (64, 64))][0], plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cache[("instance", 1, True, (64, 64))][0], mirrored, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, mirrored)
     seen = set()
     for epoch in range(8):
         ds.epoch = epoch
         for i in range(len(ds)):
             latents = ds[i]["instance_latents"]
-            seen.add((i, next(f for f in (False, True) if latents is cache[("instance", i, f)])))
+            seen.add((i, next(f for f in (False, True) if latents is cache[("instance", i, f, (64, 64))][0])))
     assert seen == {(i, f) for i in range(3) for f in (False, True)}
     assert collate([ds[0], ds[1]])["latent_params"].shape == (2, 8, 32, 32)
 
