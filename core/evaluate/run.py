@@ -67,6 +67,21 @@ def draw(pipe, prompts: list[str], config: EvaluateConfig, size: int) -> list[Im
     return images
 
 
+def score(pipe, real: list[Image.Image], prompts: list[str], class_prompt: str, dino: DinoFeatures,
+          clip: ClipFeatures, config: EvaluateConfig, size: int) -> dict[str, float]:
+    """The five metrics for `pipe`: subject prompts against the real photos, the class prompt's spread."""
+    subject = draw(pipe, prompts, config, size)
+    klass = draw(pipe, [class_prompt], config, size)
+    real_dino, subject_clip = dino.images(real), clip.images(subject)
+    return {
+        "DINO": subject_fidelity(dino.images(subject), real_dino),
+        "CLIP-I": subject_fidelity(subject_clip, clip.images(real)),
+        "CLIP-T": prompt_fidelity(subject_clip, clip.texts([p for p in prompts for _ in range(config.num_images)])),
+        "PRES": pres(dino.images(klass), real_dino),
+        "DIV": div(dino.images(klass)),
+    }
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, float]:
     from ..models.pipeline import load_pipeline
     out = Path(config.output_dir).expanduser()
@@ -79,17 +94,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, float]:
     pipe.set_progress_bar_config(disable=True)
     size = config.resolution or int(record.get("resolution") or 512)
     prompts = [record["instance_prompt"] + c for c in config.contexts]
-    subject = draw(pipe, prompts, config, size)
-    klass = draw(pipe, [record["class_prompt"]], config, size)
-    per_image_prompts = [p for p in prompts for _ in range(config.num_images)]
-    real_dino, real_clip = dino.images(real), clip.images(real)
-    scores = {
-        "DINO": subject_fidelity(dino.images(subject), real_dino),
-        "CLIP-I": subject_fidelity(clip.images(subject), real_clip),
-        "CLIP-T": prompt_fidelity(clip.images(subject), clip.texts(per_image_prompts)),
-        "PRES": pres(dino.images(klass), real_dino),
-        "DIV": div(dino.images(klass)),
-    }
+    scores = score(pipe, real, prompts, record["class_prompt"], dino, clip, config, size)
     atomic_write_text(out / "evaluation.json", json.dumps(
         {"scores": scores, "prompts": prompts, "class_prompt": record["class_prompt"],
          "num_images": config.num_images, "seed": config.seed, "dino_model": str(config.dino_model),

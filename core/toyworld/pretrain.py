@@ -85,19 +85,21 @@ def build_scheduler():
 
 
 class StepBudget:
-    """A fixed step count, or as many steps as fit in a time budget (estimated from the first 20 steps,
-    which is when the cosine schedule's length gets fixed)."""
+    """A fixed step count, or as many steps as fit in a time budget. The count is estimated from the
+    pace so far, every 50 steps until a third of the way (the cosine schedule stretches to match), so a
+    slow start or a busy machine does not cut the run short."""
 
-    def __init__(self, steps: int, minutes: float, probe: int = 20):
-        self.total, self.minutes, self.probe, self.started = steps or None, minutes, probe, time.monotonic()
+    def __init__(self, steps: int, minutes: float, probe: int = 50):
+        self.fixed, self.total, self.seconds, self.probe = bool(steps), steps or None, minutes * 60, probe
+        self.started = time.monotonic()
 
     def length(self) -> int:
         return self.total or 10**9
 
     def done(self, step: int) -> bool:
-        if self.total is None and step == self.probe:
-            per_step = (time.monotonic() - self.started) / self.probe
-            self.total = max(self.probe + 1, int(self.minutes * 60 / per_step))
+        if not self.fixed and step and step % self.probe == 0 and (self.total is None or step < self.total / 3):
+            pace = (time.monotonic() - self.started) / step
+            self.total = max(step + 1, int(self.seconds / pace))
         return self.total is not None and step >= self.total
 
 
