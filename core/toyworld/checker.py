@@ -7,9 +7,7 @@ fidelity, PRES, DIV); its colour and background heads stand in for CLIP-T (promp
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..fsutil import atomic_file, atomic_write_text
+from ..fsutil import atomic_file
 from .world import COLOUR_NAMES, SHAPES, SUBJECT, random_scene, render
 
 SHAPE_LABELS = SHAPES + (SUBJECT,)
@@ -109,18 +107,14 @@ def save_checker(model: Checker, folder: Path) -> Path:
     from safetensors.torch import save_file
     folder = Path(folder)
     with atomic_file(folder / "checker.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(tmp))  # fp16: half the size
     return folder
 
 
 def load_checker(folder: Path) -> Checker:
     from safetensors.torch import load_file
     model = Checker()
-    model.load_state_dict(load_file(str(Path(folder) / "checker.safetensors")))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(Path(folder) / "checker.safetensors")).items()})
     return model.eval()
 
 
-if __name__ == "__main__":
-    t = time.time()
-    m = train_checker()
-    print(accuracy(m), f"{time.time() - t:.0f} s")

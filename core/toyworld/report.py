@@ -25,10 +25,12 @@ def grid(images: list[Image.Image], columns: int) -> Image.Image:
     return sheet
 
 
-def save_grid(pipe, path: Path, columns: int = 6, seed: int = 0) -> Path:
-    images = generate(pipe, [p for p in ROWS for _ in range(columns)], seed=seed)
+def save_grid(pipe, path: Path, real: list[Image.Image], columns: int = 6, seed: int = 0) -> Path:
+    """First row: the subject's photos; then one row per prompt of ROWS."""
+    first = (real + [Image.new("RGB", real[0].size, "white")] * columns)[:columns]
+    images = first + generate(pipe, [p for p in ROWS for _ in range(columns)], seed=seed)
     with atomic_file(path) as tmp:
-        grid(images, columns).resize((columns * 128, len(ROWS) * 128), Image.NEAREST).save(tmp, format="PNG")
+        grid(images, columns).resize((columns * 128, (len(ROWS) + 1) * 128), Image.NEAREST).save(tmp, format="PNG")
     return path
 
 
@@ -52,7 +54,7 @@ def write_demo_report(out: Path, base: Path, model: Path, subject_dir: Path, per
     for name, path in (("base (before fine-tuning)", base), ("after DreamBooth", model)):
         pipe = load_pipeline(path)
         scores[name] = score_dreambooth(pipe, checker, real, per_prompt=per_prompt)
-    save_grid(pipe, out / "grid.png")
+    save_grid(pipe, out / "grid.png", real)
     text = (f"Scored by the toy world's own checker, {per_prompt} images per prompt, fixed seeds.\n"
             f"Subject prompts: \"{INSTANCE_PROMPT} on a <colour> background\" for "
             f"{', '.join(SUBJECT_BACKGROUNDS)} (the subject was photographed on white and yellow only); "

@@ -1,0 +1,37 @@
+"""The shipped checker judges world images correctly, and its features tell the subject apart."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from sksbooth.toyworld.assets import load_shipped_checker
+from sksbooth.toyworld.checker import SHAPE_LABELS, accuracy, to_tensor
+from sksbooth.toyworld.quality import judge
+from sksbooth.toyworld.world import SUBJECT, random_scene, render, subject_images
+from sksbooth.evaluate.metrics import subject_fidelity
+
+
+def test_shipped_checker_names_shape_colour_and_background():
+    scores = accuracy(load_shipped_checker(), count=300, seed=777)
+    assert scores["shape"] >= 0.95 and scores["colour"] >= 0.95 and scores["background"] >= 0.95, scores
+
+
+def test_features_are_closer_between_photos_of_the_subject_than_to_other_toys():
+    checker = load_shipped_checker()
+    rng = random.Random(5)
+    real = judge(checker, subject_images(5))["features"]
+    other_subject = judge(checker, [render(random_scene(rng, SUBJECT), rng) for _ in range(8)])
+    toys = judge(checker, [render(random_scene(rng, "toy"), rng) for _ in range(8)])
+    assert (other_subject["shape"] == SHAPE_LABELS.index(SUBJECT)).all()
+    assert (toys["shape"] == SHAPE_LABELS.index("toy")).all()
+    assert subject_fidelity(other_subject["features"], real) > subject_fidelity(toys["features"], real) + 0.1
+
+
+def test_to_tensor_takes_images_or_arrays():
+    image = subject_images(1)[0]
+    from_pil = to_tensor([image])
+    assert from_pil.shape == (1, 3, 64, 64) and from_pil.min() >= -1 and from_pil.max() <= 1
+    import numpy as np
+    assert torch.equal(from_pil, to_tensor(np.asarray(image)[None]))
