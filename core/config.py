@@ -114,6 +114,7 @@ class TrainConfig:
     allow_tf32: bool = opt(False, "Allow TF32 matmuls on Ampere GPUs.")
     enable_xformers_memory_efficient_attention: bool = opt(False, "Use xformers attention (must be installed); same as --attention xformers.")
     attention: str = opt("auto", "Attention backend: " + ", ".join(ATTENTION_CHOICES) + ". auto takes the fastest available (xformers on CUDA if installed, else sdpa); sliced saves memory; math is the plain reference. The run's config records the backend used.", choices=ATTENTION_CHOICES)
+    fused_backward_pass: bool = opt(False, "Update each weight as soon as its gradient is complete during the backward pass, then free that gradient: the model's gradients never exist all at once (full SDXL: ~10 GB less). Same update rule; needs --gradient_accumulation_steps 1, not fp16, one process; --max_grad_norm clipping is not applied (use Adafactor, which clips its updates). kohya's --fused_backward_pass.")
     set_grads_to_none: bool = opt(True, "Free the gradients after each optimizer step instead of zeroing them, so they and the next forward's activations never coexist (same results, less memory; diffusers' default is off: --no-set_grads_to_none).")
     cache_latents: bool = opt(True, "Encode every image once through the VAE before training, then free the VAE. Images are centre-cropped once (random crops need --no-cache_latents); with --random_flip both orientations are cached.")
     use_ema: bool = opt(False, "Keep an exponential moving average of the UNet weights in CPU memory; the saved model uses it.")
@@ -207,6 +208,9 @@ def _train_problems(c: TrainConfig):
             parse_size(c.memory_budget)
         except ValueError as e:
             yield f"--memory_budget: {e}"
+    if c.fused_backward_pass and (c.gradient_accumulation_steps > 1 or c.mixed_precision == "fp16"):
+        yield ("--fused_backward_pass updates each weight inside the backward pass: it cannot accumulate gradients "
+               "(--gradient_accumulation_steps 1) nor scale an fp16 loss (use --mixed_precision bf16 or no).")
     if c.train_text_encoder and c.pre_compute_text_embeddings:
         yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
     positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",

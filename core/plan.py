@@ -24,6 +24,7 @@ and the frozen VAE and text encoder, which stay in RAM even with cached latents.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from .errors import ConfigError
 
 CONFIGS = Path(__file__).parent / "assets" / "configs"
 ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
@@ -260,7 +263,9 @@ def plan_memory(config, source: Optional[str] = None, models: Optional[dict] = N
     if on_cpu:
         plan.device["backward working set (CPU)"] = int(CPU_BACKWARD_SLACK * acts * low // 4)
     grads = n_trained * 4
-    if config.set_grads_to_none:
+    if getattr(config, "fused_backward_pass", False):  # one parameter's gradient at a time
+        plan.device["gradients (one weight at a time, fused)"] = max((p.numel() for p in trained), default=0) * 4
+    elif config.set_grads_to_none:
         # Gradients freed after each step: backward allocates them while it frees the saved activations,
         # so only the part of the gradients larger than the activations adds to the peak.
         freed = plan.device["UNet activations"] + plan.device.get("backward working set (CPU)", 0)
@@ -327,13 +332,17 @@ def budget_warning(plan: MemoryPlan, budget=None, device="cpu") -> Optional[str]
 def candidate_settings(optimizer: str = "adafactor"):
     """(label, settings) in quality order: full + text encoder, full UNet, LoRA + text encoder, LoRA;
     within each, fewest memory savers first (none, checkpointing, bf16, the small optimizer, then pairs, then all)."""
-    savers = [("gradient_checkpointing", True), ("mixed_precision", "bf16"), ("optimizer", optimizer)]
-    subsets = [()] + [(s,) for s in savers] + [(a, b) for i, a in enumerate(savers) for b in savers[i + 1:]] + [tuple(savers)]
+    savers = [("gradient_checkpointing", True), ("mixed_precision", "bf16"), ("optimizer", optimizer),
+              ("fused_backward_pass", True)]  # the last only for full fine-tunes: LoRA gradients are small
+    subsets = [c for k in range(len(savers) + 1) for c in itertools.combinations(savers, k)]
     for use_lora in (False, True):
         for text in (True, False):
             for subset in subsets:
+                if use_lora and ("fused_backward_pass", True) in subset:
+                    continue
                 yield {"use_lora": use_lora, "train_text_encoder": text, "gradient_checkpointing": False,
-                       "mixed_precision": "no", "optimizer": "adamw", "use_8bit_adam": False, **dict(subset)}
+                       "mixed_precision": "no", "optimizer": "adamw", "use_8bit_adam": False,
+                       "fused_backward_pass": False, **dict(subset)}
 
 
 def as_flags(settings: dict) -> str:
@@ -342,6 +351,7 @@ def as_flags(settings: dict) -> str:
     for name in ("use_lora", "train_text_encoder", "gradient_checkpointing"):
         out += [f"--{name}"] if settings[name] else []
     out += [f"--mixed_precision {settings['mixed_precision']}", f"--optimizer {settings['optimizer']}"]
+    out += ["--fused_backward_pass"] if settings.get("fused_backward_pass") else []
     return " ".join(out)
 
 
@@ -353,7 +363,10 @@ def fit_budget(config, budget, models: Optional[dict] = None, device: str = "cud
     models = models or build_on_meta(read_configs(source or config.pretrained_model_name_or_path))
     small = "adamw8bit" if str(device).startswith("cuda") and _has_bitsandbytes() else "adafactor"
     for settings in candidate_settings(small):
-        candidate = replace(config, **settings)
+        try:
+            candidate = replace(config, **settings)
+        except ConfigError:  # e.g. --fused_backward_pass with gradient accumulation
+            continue
         plan = plan_memory(candidate, models=models, device=device)
         if plan.peak <= budget:
             return candidate, plan, as_flags(settings)

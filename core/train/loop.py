@@ -55,7 +55,7 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), stop: Optiona
                 losses = training_step(batch, s, config)
                 check_finite(losses[0], s)
                 accelerator.backward(losses[0])
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                if accelerator.sync_gradients and config.max_grad_norm > 0 and not config.fused_backward_pass:
                     accelerator.clip_grad_norm_(s.trainable_parameters(), config.max_grad_norm)
                 s.optimizer.step()
                 s.lr_scheduler.step()

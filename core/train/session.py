@@ -26,6 +26,7 @@ from .memory import CpuEMA, offload, on_device
 from .save import save_final_model
 from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
                     make_optimizer, prepare_models, schedule_lengths, trainable_parameters)
+from .fused import check_fused_backward, fuse_optimizer_into_backward
 from .text import PromptEncoder, prepare_text_encoder_2
 
 
@@ -156,6 +157,9 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
     lr_scheduler = make_lr_scheduler(optimizer, config, max_steps, accelerator.num_processes)
     *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
+    if config.fused_backward_pass:  # the optimizer steps inside backward; see train/fused.py
+        check_fused_backward(accelerator)
+        fuse_optimizer_into_backward(optimizer, trainable_parameters(trained))
     # prepare() shards the loader across processes: count epochs from the shard, as diffusers does
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
 
