@@ -126,21 +126,26 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 
 
 def test_bucketed_sdxl_training_with_prior_preservation_resumes_exactly(tiny_sdxl, mixed_dir, tmp_path):
-    """Wide, tall and square photos with square class images: every batch stacks (one bucket), the latent
-    cache holds each class image at each bucket it is paired with, and a resumed run replays the batches."""
+    """Wide, tall and square photos with square class images, both SDXL text encoders trained: every batch
+    stacks (one bucket), the latent cache holds each class image at each bucket it is paired with, and a
+    resumed run replays the same batches to the same weights."""
     from sksbooth.events import StopFlag
     from sksbooth.models.load import load_components
     from sksbooth.train.loop import train
-    kw = dict(cache_latents=True)
+    kw = dict(train_text_encoder=True, max_train_steps=4)
     straight = train(bucketed_sdxl_config(tiny_sdxl, mixed_dir, tmp_path / "straight", **kw))
     stop = StopFlag()
-    stop_at_3 = lambda e: stop.request("test") if e.kind == "step" and e.step == 3 else None  # noqa: E731
-    train(bucketed_sdxl_config(tiny_sdxl, mixed_dir, tmp_path / "resumed", **kw), [stop_at_3], stop)
+    stop_at_2 = lambda e: stop.request("test") if e.kind == "step" and e.step == 2 else None  # noqa: E731
+    train(bucketed_sdxl_config(tiny_sdxl, mixed_dir, tmp_path / "resumed", **kw), [stop_at_2], stop)
     resumed = train(bucketed_sdxl_config(tiny_sdxl, mixed_dir, tmp_path / "resumed", resume_from_checkpoint="latest",
                                          **kw))
-    assert resumed.global_step == 6
-    a, b = load_components(str(straight.model_path)).unet, load_components(str(resumed.model_path)).unet
-    for name, value in a.state_dict().items():
-        torch.testing.assert_close(value, b.state_dict()[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed.global_step == 4
+    a, b = load_components(str(straight.model_path)), load_components(str(resumed.model_path))
+    base = load_components(str(tiny_sdxl))
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        sa, sb, s0 = (getattr(x, part).state_dict() for x in (a, b, base))
+        for name in sa:
+            torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=1e-6, msg=f"{part}.{name}")
+        assert any(not torch.equal(sa[k], s0[k]) for k in sa), f"{part} was not trained"
     history = [json.loads(line) for line in (tmp_path / "straight" / "loss_history.jsonl").read_text().splitlines()]
-    assert len(history) == 6 and all(h["prior_loss"] > 0 for h in history)
+    assert len(history) == 4 and all(h["prior_loss"] > 0 for h in history)
