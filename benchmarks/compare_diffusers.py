@@ -164,6 +164,7 @@ def parse_args():
     p.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--with_prior_preservation", action="store_true")
     p.add_argument("--extra", default="", help="More flags given to both trainers, e.g. '--gradient_checkpointing'.")
+    p.add_argument("--ours_extra", default="", help="Also run ours with these extra flags (a third row).")
     p.add_argument("--floor", action="store_true", help="Also time the UNet forward + backward alone.")
     p.add_argument("--no_uncached", action="store_true", help="Skip our run without latent caching.")
     p.add_argument("--repeats", type=int, default=2, help="Rounds of alternating runs (figures are medians).")
@@ -207,6 +208,8 @@ def main() -> None:
     trainers = {"diffusers": [sys.executable, *script, *common], "sksbooth": ours}
     if not a.no_uncached:
         trainers["sksbooth (no latent cache)"] = [*ours, "--no-cache_latents"]
+    if a.ours_extra:  # an opt-in saver of ours that diffusers' script lacks, e.g. --fused_backward_pass
+        trainers[f"sksbooth {a.ours_extra}"] = [*ours, *shlex.split(a.ours_extra)]
     print(f"{a.steps} steps, {a.resolution} px, batch {a.batch}{' + class images' if prior else ''}, "
           f"mixed precision {a.mixed_precision}, extra flags {a.extra!r}, model {model}", flush=True)
     runs = {name: [] for name in trainers}
@@ -247,9 +250,9 @@ def report(runs: dict) -> dict:
     per_step = {name: statistics.median(r["per_step"] for r in rs) for name, rs in runs.items()}
     peak = {name: max(r["peak_MB"] for r in rs) for name, rs in runs.items()}
     wall = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    print(f"{'trainer':28s}{'wall s':>9s}{'s/step':>9s}{'peak RSS MB':>13s}{'s/step ratio':>14s}{'peak ratio':>12s}")
+    print(f"{'trainer':40s}{'wall s':>9s}{'s/step':>9s}{'peak RSS MB':>13s}{'s/step ratio':>14s}{'peak ratio':>12s}")
     for name in runs:
-        print(f"{name:28s}{wall[name]:9.1f}{per_step[name]:9.2f}{peak[name]:13d}"
+        print(f"{name:40s}{wall[name]:9.1f}{per_step[name]:9.2f}{peak[name]:13d}"
               f"{per_step[name] / per_step['diffusers']:14.2f}{peak[name] / peak['diffusers']:12.2f}", flush=True)
     return per_step
 
