@@ -135,7 +135,7 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
 
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
     parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name,
-                            allow_pickle=config.allow_pickle_checkpoints)
+                            allow_pickle=config.allow_pickle_checkpoints, dtypes=load_dtypes(config, weight_dtype))
     trained = prepare_models(parts, config, weight_dtype, accelerator.device)
     trained += prepare_text_encoder_2(parts, config, weight_dtype, accelerator.device)  # SDXL
     if config.cache_latents:  # deterministic, draws no random numbers; frees the VAE from the device
@@ -182,6 +182,14 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
         history = [h for h in read_jsonl(session.history_path) if h["step"] <= session.global_step]
         atomic_write_text(session.history_path, "".join(json.dumps(h) + "\n" for h in history))
     return session
+
+
+def load_dtypes(config: TrainConfig, weight_dtype: torch.dtype) -> dict:
+    """The dtype each network is trained in (as prepare_models sets it), to load it so directly."""
+    full = not config.use_lora
+    return {"unet": torch.float32 if full else weight_dtype, "vae": weight_dtype,
+            **{name: torch.float32 if config.train_text_encoder and full else weight_dtype
+               for name in ("text_encoder", "text_encoder_2")}}
 
 
 def resume(session: Session, path: Path, callbacks) -> None:

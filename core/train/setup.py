@@ -96,11 +96,12 @@ def prepare_models(components, config, weight_dtype: torch.dtype, device) -> lis
     trained = [unet] + ([text_encoder] if config.train_text_encoder else [])
     # Frozen parts run in the low-precision dtype; trained full weights stay fp32 for the optimizer.
     vae.to(device, dtype=weight_dtype)
+    # LoRA: base weights low precision, adapters fp32. Never via an fp32 copy of the whole base:
+    # for SDXL that transient alone is 10 GB.
     for module in (unet, text_encoder):
-        module.to(device, dtype=torch.float32 if module in trained else weight_dtype)
-    if config.use_lora:  # LoRA: base weights low precision, adapters fp32
+        module.to(device, dtype=torch.float32 if module in trained and not config.use_lora else weight_dtype)
+    if config.use_lora:
         for module in trained:
-            module.to(dtype=weight_dtype)
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
