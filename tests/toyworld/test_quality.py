@@ -1,0 +1,32 @@
+"""DreamBooth works on the shipped toy-world base: a few dozen fine-tuning steps on the subject's
+photos make subject-prompt generations measurably closer to the subject than before."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sksbooth.demo import demo_config, make_subject_images
+from sksbooth.evaluate.metrics import subject_fidelity
+from sksbooth.toyworld.assets import base_path, load_pipeline, load_shipped_checker
+from sksbooth.toyworld.quality import INSTANCE_PROMPT, generate, judge
+from sksbooth.toyworld.report import load_images
+from sksbooth.train.loop import train
+
+PROMPTS = [f"{INSTANCE_PROMPT} on a {b} background" for b in ("red", "blue") for _ in range(4)]
+
+
+def closeness(model, checker, real) -> float:
+    images = generate(load_pipeline(model), PROMPTS, seed=0, steps=12)
+    return subject_fidelity(judge(checker, images)["features"], real)
+
+
+def test_a_few_dozen_steps_bring_the_subject_closer(tmp_path):
+    checker = load_shipped_checker()
+    subject = make_subject_images(tmp_path / "subject")
+    real = judge(checker, load_images(subject))["features"]
+    before = closeness(base_path(), checker, real)
+    config = dataclasses.replace(demo_config(tmp_path / "out", base_path(), subject, steps=40, prior=False),
+                                 validation_prompt=None, checkpointing_steps=1000)
+    after = closeness(train(config).model_path, checker, real)
+    print(f"subject fidelity before {before:.3f}, after 40 steps {after:.3f}")
+    assert after > before + 0.05  # measured: 0.10 -> 0.19 (cosine similarity of checker features)
