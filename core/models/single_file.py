@@ -397,8 +397,10 @@ def base_model_info(path) -> dict[str, str]:
 
 def diffusers_folder_to_single_file(src, dest, precision: str = "fp16", metadata=None) -> tuple[Path, str]:
     from diffusers import DiffusionPipeline
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(src))
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    try:  # loaded in the file's precision: SDXL read as fp32 first needs ~19 GB of RAM instead of ~7
+        pipe = DiffusionPipeline.from_pretrained(str(src), torch_dtype=PRECISIONS[precision])
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Cannot load the diffusers model at {src}: {e}") from e
     if getattr(pipe, "text_encoder", None) is None:
