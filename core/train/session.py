@@ -27,7 +27,7 @@ from .save import save_final_model
 from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
                     make_optimizer, prepare_models, schedule_lengths, trainable_parameters)
 from .fused import check_fused_backward, fuse_optimizer_into_backward
-from .text import PromptEncoder, prepare_text_encoder_2
+from .text import PromptEncoder
 
 
 @dataclass
@@ -137,7 +137,6 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name,
                             allow_pickle=config.allow_pickle_checkpoints, dtypes=load_dtypes(config, weight_dtype))
     trained = prepare_models(parts, config, weight_dtype, accelerator.device)
-    trained += prepare_text_encoder_2(parts, config, weight_dtype, accelerator.device)  # SDXL
     if config.cache_latents:  # deterministic, draws no random numbers; frees the VAE from the device
         cache_latents(dataset, parts.vae, accelerator.device, weight_dtype, callbacks)
     # predicted peak memory, from the configs on the meta device (on CPU: the whole process's RAM)

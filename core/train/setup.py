@@ -78,27 +78,33 @@ TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def prepare_models(components, config, weight_dtype: torch.dtype, device) -> list[torch.nn.Module]:
-    """Freeze what is not trained, add LoRA if asked, move to device; returns the trained modules."""
-    unet, text_encoder, vae = components.unet, components.text_encoder, components.vae
+    """Freeze what is not trained, add LoRA if asked, move to device.
+
+    Returns the trained modules: [unet], plus the text encoder(s) with --train_text_encoder (SDXL's
+    two, as diffusers' SDXL script trains both), in the order unet, text_encoder, text_encoder_2.
+    """
+    unet, vae = components.unet, components.vae
+    encoders = [e for e in (components.text_encoder, getattr(components, "text_encoder_2", None)) if e is not None]
     vae.requires_grad_(False)
     unet.requires_grad_(not config.use_lora)
-    text_encoder.requires_grad_(config.train_text_encoder and not config.use_lora)
+    for encoder in encoders:
+        encoder.requires_grad_(config.train_text_encoder and not config.use_lora)
     if config.use_lora:
         add_lora(unet, config.rank, config.resolved_lora_alpha, UNET_LORA_TARGETS)
-        if config.train_text_encoder:
-            add_lora(text_encoder, config.rank, config.resolved_lora_alpha, TEXT_LORA_TARGETS)
+        for encoder in encoders if config.train_text_encoder else []:
+            add_lora(encoder, config.rank, config.resolved_lora_alpha, TEXT_LORA_TARGETS)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if config.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+        for encoder in encoders if config.train_text_encoder else []:
+            encoder.gradient_checkpointing_enable()
     for module in (unet, vae):  # config.attention was resolved once by choose_attention
         set_attention(module, config.resolved_attention, device)
-    trained = [unet] + ([text_encoder] if config.train_text_encoder else [])
+    trained = [unet] + (encoders if config.train_text_encoder else [])
     # Frozen parts run in the low-precision dtype; trained full weights stay fp32 for the optimizer.
     vae.to(device, dtype=weight_dtype)
     # LoRA: base weights low precision, adapters fp32. Never via an fp32 copy of the whole base:
     # for SDXL that transient alone is 10 GB.
-    for module in (unet, text_encoder):
+    for module in (unet, *encoders):
         module.to(device, dtype=torch.float32 if module in trained and not config.use_lora else weight_dtype)
     if config.use_lora:
         for module in trained:

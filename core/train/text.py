@@ -84,26 +84,3 @@ class PromptEncoder:
 
     def precompute(self, prompts: list[str], device) -> None:
         self(list(prompts), device)
-
-
-def prepare_text_encoder_2(parts, config, weight_dtype: torch.dtype, device) -> list[torch.nn.Module]:
-    """SDXL's second text encoder, treated as setup.prepare_models treats the first; [it] if trained.
-
-    Trained with --train_text_encoder (both encoders, as diffusers' SDXL script does): full weights
-    in fp32, or LoRA adapters (fp32) on low-precision base weights. Frozen: low precision.
-    """
-    from .setup import TEXT_LORA_TARGETS, add_lora
-    encoder = parts.text_encoder_2
-    if encoder is None:
-        return []
-    trained = config.train_text_encoder
-    encoder.requires_grad_(trained and not config.use_lora)
-    if trained and config.use_lora:
-        add_lora(encoder, config.rank, config.resolved_lora_alpha, TEXT_LORA_TARGETS)
-    if trained and config.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
-    encoder.to(device, dtype=torch.float32 if trained and not config.use_lora else weight_dtype)
-    for p in encoder.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    return [encoder] if trained else []
