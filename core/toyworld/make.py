@@ -69,9 +69,10 @@ judge (`sksbooth.toyworld.checker`).
 - command: `{made['command']}`
 - seed: {c['seed']}; {c['num_images']} world images
 - time: {made['minutes']} min in all ({made['vae_minutes']} min world + VAE + latent cache), on 2 CPU cores
-- VAE: {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops (bf16 autocast)
+- VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops (bf16 autocast)
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
-  caption dropout {c['caption_dropout']}, min-SNR gamma {c['snr_gamma']}
+  caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
+  {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']})
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

@@ -40,6 +40,14 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     return clipped / snr
 
 
+def high_noise_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Weights whose x0-space value is min(1 + SNR, 1 + gamma) (v-prediction's own weighting, capped):
+    unlike min-SNR they keep full weight on the noisiest steps, where only the prompt can decide the
+    layout and the colours; pretraining from scratch learns the prompt much sooner with them."""
+    x0_weight = torch.clamp(1 + snr, max=1 + gamma)
+    return x0_weight / (snr + 1 if prediction_type == "v_prediction" else snr)
+
+
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error, optionally weighted per sample."""
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from sksbooth.train.losses import (compute_snr, diffusion_target, dreambooth_loss, min_snr_weights,
-                                   prior_preservation_loss, sample_noise)
+from sksbooth.train.losses import (compute_snr, diffusion_target, dreambooth_loss, high_noise_weights,
+                                   min_snr_weights, prior_preservation_loss, sample_noise)
 
 
 def test_dreambooth_loss_is_instance_mse_plus_weighted_class_mse():
@@ -36,6 +36,13 @@ def test_min_snr_weights_clamp_at_gamma():
     snr = torch.tensor([0.5, 5.0, 50.0])
     torch.testing.assert_close(min_snr_weights(snr, 5.0, "epsilon"), torch.tensor([1.0, 1.0, 0.1]))
     torch.testing.assert_close(min_snr_weights(snr, 5.0, "v_prediction"), torch.tensor([0.5 / 1.5, 5 / 6, 5 / 51]))
+
+
+def test_high_noise_weights_keep_the_noisiest_steps_at_x0_weight_one_plus_snr():
+    snr = torch.tensor([0.01, 1.0, 50.0])
+    # output MSE = x0 MSE x SNR (epsilon) or x (1 + SNR) (v); the x0 weight is min(1 + SNR, 1 + gamma)
+    torch.testing.assert_close(high_noise_weights(snr, 5.0, "epsilon"), torch.tensor([1.01 / 0.01, 2.0, 6 / 50]))
+    torch.testing.assert_close(high_noise_weights(snr, 5.0, "v_prediction"), torch.tensor([1.0, 1.0, 6 / 51]))
 
 
 def test_snr_and_targets_follow_the_scheduler():
