@@ -47,7 +47,7 @@ def demo_config(out: Path, base: Path, subject: Path, steps: int, prior: bool = 
         pretrained_model_name_or_path=str(base), instance_data_dir=str(subject), output_dir=str(out),
         instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT, with_prior_preservation=prior,
         num_class_images=16, sample_batch_size=16, resolution=64, train_batch_size=2, max_train_steps=steps,
-        learning_rate=6e-4, lr_warmup_steps=0, seed=0, train_text_encoder=True, mixed_precision="no",
+        learning_rate=1e-3, lr_warmup_steps=0, seed=0, train_text_encoder=False, mixed_precision="no",
         checkpointing_steps=steps, checkpoints_total_limit=1, save_single_file=False,
         validation_prompt=f"{INSTANCE_PROMPT} on a green background|{CLASS_PROMPT}", num_validation_images=4,
         validation_steps=max(1, steps // 2), num_validation_inference_steps=20)

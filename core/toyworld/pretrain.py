@@ -48,6 +48,7 @@ class PretrainConfig:
     # colour 98% / 100% vs chance for epsilon (with either weighting)
     prediction_type: str = "v_prediction"
     loss_weighting: str = "high_noise"  # or "min_snr" (see sksbooth.train.losses)
+    snr_floor: float = 0.0  # with "min_snr": the least x0-space weight of any step
 
 
 def build_vae(config: PretrainConfig):
@@ -169,10 +170,10 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float, weighting: str) -> torch.Tensor:
+def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float, weighting: str, floor: float = 0.0) -> torch.Tensor:
     from ..train.losses import compute_snr, high_noise_weights, min_snr_weights
-    pick = min_snr_weights if weighting == "min_snr" else high_noise_weights
-    return pick(compute_snr(scheduler, timesteps), gamma, scheduler.config.prediction_type)
+    snr, kind = compute_snr(scheduler, timesteps), scheduler.config.prediction_type
+    return min_snr_weights(snr, gamma, kind, floor) if weighting == "min_snr" else high_noise_weights(snr, gamma, kind)
 
 
 def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, config: PretrainConfig,
@@ -196,7 +197,7 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
         per_sample = F.mse_loss(pred, diffusion_target(scheduler, x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * loss_weights(scheduler, t, config.snr_gamma, config.loss_weighting)).mean()
+        loss = (per_sample * loss_weights(scheduler, t, config.snr_gamma, config.loss_weighting, config.snr_floor)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -32,9 +32,10 @@ def compute_snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod / (1.0 - alphas_cumprod)
 
 
-def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al., 2023, arXiv 2303.09556)."""
-    clipped = torch.clamp(snr, max=gamma)
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str, floor: float = 0.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al., 2023, arXiv 2303.09556); `floor` > 0 raises the x0-space
+    weight of the noisiest steps to at least that (0: the paper's)."""
+    clipped = torch.clamp(snr, min=floor, max=gamma)
     if prediction_type == "v_prediction":
         return clipped / (snr + 1)
     return clipped / snr

@@ -29,4 +29,4 @@ def test_a_few_dozen_steps_bring_the_subject_closer(tmp_path):
                                  validation_prompt=None, checkpointing_steps=1000)
     after = closeness(train(config).model_path, checker, real)
     print(f"subject fidelity before {before:.3f}, after 40 steps {after:.3f}")
-    assert after > before + 0.05  # measured: 0.10 -> 0.22 (cosine similarity of checker features)
+    assert after > before + 0.05  # measured: 0.26 -> 0.37 (cosine similarity of checker features)

@@ -38,6 +38,11 @@ def test_min_snr_weights_clamp_at_gamma():
     torch.testing.assert_close(min_snr_weights(snr, 5.0, "v_prediction"), torch.tensor([0.5 / 1.5, 5 / 6, 5 / 51]))
 
 
+def test_min_snr_floor_raises_only_the_noisiest_steps():
+    snr = torch.tensor([0.05, 0.5, 50.0])
+    torch.testing.assert_close(min_snr_weights(snr, 5.0, "epsilon", floor=0.2), torch.tensor([0.2 / 0.05, 1.0, 0.1]))
+
+
 def test_high_noise_weights_keep_the_noisiest_steps_at_x0_weight_one_plus_snr():
     snr = torch.tensor([0.01, 1.0, 50.0])
     # output MSE = x0 MSE x SNR (epsilon) or x (1 + SNR) (v); the x0 weight is min(1 + SNR, 1 + gamma)
