@@ -173,7 +173,11 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float, weighting: str, floor: float = 0.0) -> torch.Tensor:
     from ..train.losses import compute_snr, high_noise_weights, min_snr_weights
     snr, kind = compute_snr(scheduler, timesteps), scheduler.config.prediction_type
-    return min_snr_weights(snr, gamma, kind, floor) if weighting == "min_snr" else high_noise_weights(snr, gamma, kind)
+    if weighting == "min_snr":
+        return min_snr_weights(snr, gamma, kind, floor)
+    if weighting == "high_noise":
+        return high_noise_weights(snr, gamma, kind)
+    raise ValueError(f"--loss_weighting must be 'min_snr' or 'high_noise', not {weighting!r}")
 
 
 def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, config: PretrainConfig,

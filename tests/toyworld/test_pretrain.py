@@ -36,3 +36,12 @@ def test_step_budget_fixed_or_timed():
         time.sleep(0.05)
         step += 1
     assert 4 <= step <= 16  # about 10 steps of 50 ms fit in 0.5 s
+
+
+def test_unknown_loss_weighting_is_refused():
+    import pytest
+    from sksbooth.toyworld.pretrain import build_scheduler, loss_weights
+    t = torch.tensor([10, 900])
+    assert loss_weights(build_scheduler("v_prediction"), t, 5.0, "high_noise")[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        loss_weights(build_scheduler("v_prediction"), t, 5.0, "min-snr")
