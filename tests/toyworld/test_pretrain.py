@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import torch
 from safetensors import safe_open
 
 from sksbooth.models.load import load_components
-from sksbooth.toyworld.pretrain import PretrainConfig, StepBudget, pretrain
+from sksbooth.toyworld.pretrain import PretrainConfig, StepBudget, build_scheduler, loss_weights, pretrain
 
 
 def test_pretrain_writes_a_loadable_fp16_pipeline(tmp_path):
@@ -39,8 +40,6 @@ def test_step_budget_fixed_or_timed():
 
 
 def test_unknown_loss_weighting_is_refused():
-    import pytest
-    from sksbooth.toyworld.pretrain import build_scheduler, loss_weights
     t = torch.tensor([10, 900])
     assert loss_weights(build_scheduler("v_prediction"), t, 5.0, "high_noise")[1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="loss_weighting"):
