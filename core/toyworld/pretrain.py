@@ -49,6 +49,7 @@ class PretrainConfig:
     prediction_type: str = "v_prediction"
     loss_weighting: str = "high_noise"  # or "min_snr" (see sksbooth.train.losses)
     snr_floor: float = 0.0  # with "min_snr": the least x0-space weight of any step
+    mixed_precision: str = "no"  # "bf16": autocast the denoiser's forward pass
 
 
 def build_vae(config: PretrainConfig):
@@ -199,8 +200,9 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
         tokens[torch.rand(len(idx), generator=gen) < config.caption_dropout] = empty_ids
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
-        per_sample = F.mse_loss(pred, diffusion_target(scheduler, x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
+        with torch.autocast("cpu", torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+            pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
+        per_sample = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weights(scheduler, t, config.snr_gamma, config.loss_weighting, config.snr_floor)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

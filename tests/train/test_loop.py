@@ -15,14 +15,6 @@ from sksbooth.events import StopFlag
 from sksbooth.train.loop import train
 
 
-def make_config(tiny_model, instance_dir, out, **overrides) -> TrainConfig:
-    base = dict(pretrained_model_name_or_path=str(tiny_model), instance_data_dir=str(instance_dir),
-                instance_prompt="a photo of sks dog", output_dir=str(out), resolution=64, train_batch_size=1,
-                max_train_steps=6, checkpointing_steps=1000, learning_rate=1e-3, lr_warmup_steps=0, seed=3)
-    base.update(overrides)
-    return TrainConfig(**base)
-
-
 def load_unet(folder: Path):
     from diffusers import UNet2DConditionModel
     return UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
@@ -69,7 +61,7 @@ def class_prediction_shift(base_dir: Path, tuned_dir: Path, prompt: str, image_d
     return torch.nn.functional.mse_loss(tuned(noisy, t, hidden).sample, base.unet(noisy, t, hidden).sample).item()
 
 
-def test_training_on_one_image_drives_the_loss_down(tiny_model, tmp_path, instance_dir):
+def test_training_on_one_image_drives_the_loss_down(tiny_model, tmp_path, instance_dir, make_config):
     one = tmp_path / "one"
     one.mkdir()
     (instance_dir / "subject_0.png").rename(one / "subject.png")
@@ -106,7 +98,8 @@ def base_with_prior(tiny_model, dogs) -> Path:
     return train(cfg).model_path
 
 
-def test_prior_preservation_keeps_class_predictions_closer_to_the_base(base_with_prior, dogs, tmp_path, instance_dir):
+def test_prior_preservation_keeps_class_predictions_closer_to_the_base(
+        base_with_prior, dogs, tmp_path, instance_dir, make_config):
     shifts = {}
     for prior in (False, True):
         # the class folder already holds real class images, so none are generated (users' "regularization images")
@@ -124,7 +117,7 @@ def final_unet_state(model_path: Path) -> dict:
     return load_unet(model_path).state_dict()
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_model, tmp_path, instance_dir):
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_model, tmp_path, instance_dir, make_config):
     common = dict(max_train_steps=6, with_prior_preservation=True, class_prompt="a photo of dog",
                   num_class_images=2, class_data_dir=str(tmp_path / "class"), random_flip=True,
                   train_batch_size=2, lr_scheduler="cosine", lr_warmup_steps=2, checkpointing_steps=1000)
@@ -143,7 +136,8 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_model, t
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_model, tmp_path, instance_dir):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+        tiny_model, tmp_path, instance_dir, make_config):
     # Step 1 runs at lr 0 (warmup), so checkpoint-1 is good; the absurd rate then blows the weights up.
     cfg = make_config(tiny_model, instance_dir, tmp_path / "out", learning_rate=1e30, lr_scheduler="linear",
                       lr_warmup_steps=1, max_train_steps=6, checkpointing_steps=1, max_grad_norm=0)
@@ -156,3 +150,17 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert named.name == f"checkpoint-{bad_step - 1}" and not (out / f"checkpoint-{bad_step}").exists()
     from safetensors.torch import load_file
     assert all(torch.isfinite(t).all() for t in load_file(named / "model.safetensors").values())
+
+
+def test_validation_samples_do_not_change_what_is_learned(tiny_model, tmp_path, instance_dir, make_config):
+    """Sampling mid-run must leave the training trajectory alone: no random state shared with training,
+    no weight cast for inference and left so."""
+    common = dict(max_train_steps=4, train_batch_size=2, random_flip=True, center_crop=False)
+    plain = train(make_config(tiny_model, instance_dir, tmp_path / "plain", **common))
+    sampled = train(make_config(tiny_model, instance_dir, tmp_path / "sampled", validation_prompt="a photo of sks dog",
+                                validation_steps=2, num_validation_images=2, num_validation_inference_steps=2,
+                                **common))
+    assert len(list((tmp_path / "sampled" / "samples").glob("step-*.png"))) >= 1
+    a, b = final_unet_state(plain.model_path), final_unet_state(sampled.model_path)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -14,12 +15,10 @@ from sksbooth.errors import ConfigError
 from sksbooth.train.loop import train
 
 
-def make_config(tiny_model, instance_dir, out, **overrides) -> TrainConfig:
-    base = dict(pretrained_model_name_or_path=str(tiny_model), instance_data_dir=str(instance_dir),
-                instance_prompt="a photo of sks dog", output_dir=str(out), resolution=64, train_batch_size=2,
-                max_train_steps=4, checkpointing_steps=1000, learning_rate=1e-3, lr_warmup_steps=0, seed=3)
-    base.update(overrides)
-    return TrainConfig(**base)
+@pytest.fixture
+def make_config(make_config):
+    """These tests train on two images a step, for four steps, unless they say otherwise."""
+    return functools.partial(make_config, train_batch_size=2, max_train_steps=4)
 
 
 def losses(out: Path) -> list[float]:
@@ -35,7 +34,7 @@ def distance(a: dict, b: dict) -> float:
     return sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a) ** 0.5
 
 
-def test_cached_latents_give_the_same_losses_as_encoding_every_step(tiny_model, instance_dir, tmp_path):
+def test_cached_latents_give_the_same_losses_as_encoding_every_step(tiny_model, instance_dir, tmp_path, make_config):
     """Same seeds, centre crops and flips: the cache must change nothing but the work done."""
     runs = {}
     for cached in (True, False):
@@ -74,7 +73,7 @@ def test_flip_caching_holds_both_orientations_and_the_dataset_uses_both(tiny_mod
     assert collate([ds[0], ds[1]])["latent_params"].shape == (2, 8, 32, 32)
 
 
-def test_caching_with_random_crops_says_it_centre_crops(tiny_model, instance_dir, tmp_path):
+def test_caching_with_random_crops_says_it_centre_crops(tiny_model, instance_dir, tmp_path, make_config):
     logs = []
     train(make_config(tiny_model, instance_dir, tmp_path / "out", max_train_steps=1),
           [lambda e: logs.append(e.data.get("message", "")) if e.kind == "log" else None])
@@ -101,7 +100,7 @@ def probe_error(model_dir: Path, image_dir: Path, unet=None) -> float:
     return torch.nn.functional.mse_loss(pred, noise).item()
 
 
-def test_adafactor_trains(tiny_model, tmp_path, instance_dir):
+def test_adafactor_trains(tiny_model, tmp_path, instance_dir, make_config):
     from diffusers import UNet2DConditionModel
     from transformers.optimization import Adafactor
     from sksbooth.train.setup import make_optimizer
@@ -127,7 +126,7 @@ def test_optimizer_choices_and_the_8bit_flag():
         TrainConfig(**base, use_ema=True, use_lora=True)
 
 
-def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_saved(tiny_model, instance_dir, tmp_path):
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_saved(tiny_model, instance_dir, tmp_path, make_config):
     from safetensors.torch import load_file
     raw = train(make_config(tiny_model, instance_dir, tmp_path / "raw", checkpointing_steps=1))
     ema = train(make_config(tiny_model, instance_dir, tmp_path / "ema", use_ema=True, ema_decay=0.5,
@@ -148,7 +147,7 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_saved(tiny_model, 
     assert state["ema"]["optimization_step"] == 4 and len(state["ema"]["shadow_params"]) == len(raw_w)
 
 
-def test_ema_resumes_exactly(tiny_model, instance_dir, tmp_path):
+def test_ema_resumes_exactly(tiny_model, instance_dir, tmp_path, make_config):
     from sksbooth.events import StopFlag
     common = dict(use_ema=True, ema_decay=0.9, max_train_steps=4)
     straight = train(make_config(tiny_model, instance_dir, tmp_path / "straight", **common))
@@ -163,7 +162,7 @@ def test_ema_resumes_exactly(tiny_model, instance_dir, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_gradient_checkpointing_changes_memory_not_results(tiny_model, instance_dir, tmp_path):
+def test_gradient_checkpointing_changes_memory_not_results(tiny_model, instance_dir, tmp_path, make_config):
     for ckpt in (False, True):
         train(make_config(tiny_model, instance_dir, tmp_path / f"gc-{ckpt}", max_train_steps=3,
                           gradient_checkpointing=ckpt, train_text_encoder=True, learning_rate=1e-4))
@@ -171,7 +170,7 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_model, instance_
                                rtol=1e-5, atol=1e-7)
 
 
-def test_all_savers_together_train_with_finite_losses(tiny_model, instance_dir, tmp_path):
+def test_all_savers_together_train_with_finite_losses(tiny_model, instance_dir, tmp_path, make_config):
     """bf16 autocast, Adafactor, grads set to None, checkpointing, precomputed prompts, EMA, samples."""
     out = tmp_path / "out"  # the trainer starts each run from a clean accelerate state, so bf16 applies here
     result = train(make_config(tiny_model, instance_dir, out, mixed_precision="bf16", optimizer="adafactor",
@@ -194,7 +193,7 @@ def test_precomputed_prompts_come_from_the_cache_once_the_encoder_is_offloaded(t
     torch.testing.assert_close(prompts(["a photo of sks dog"] * 2, "cpu"), expected.repeat(2, 1, 1))
 
 
-def test_ema_can_be_switched_on_when_resuming_a_run_without_it(tiny_model, instance_dir, tmp_path):
+def test_ema_can_be_switched_on_when_resuming_a_run_without_it(tiny_model, instance_dir, tmp_path, make_config):
     from sksbooth.events import StopFlag
     stop = StopFlag()
     out = tmp_path / "run"
@@ -207,7 +206,7 @@ def test_ema_can_be_switched_on_when_resuming_a_run_without_it(tiny_model, insta
     assert any("holds no EMA weights" in e.data.get("message", "") for e in logs if e.kind == "log")
 
 
-def test_adamw_uses_the_fused_kernel_with_the_reference_update(tiny_model, tmp_path, instance_dir):
+def test_adamw_uses_the_fused_kernel_with_the_reference_update(tiny_model, tmp_path, instance_dir, make_config):
     from sksbooth.train.setup import make_optimizer
     cfg = make_config(tiny_model, instance_dir, tmp_path / "out")
     g = torch.Generator().manual_seed(0)
