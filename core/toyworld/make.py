@@ -27,7 +27,10 @@ def parse(argv) -> tuple[Path, PretrainConfig, int]:
             p.add_argument(f"--{f.name}", type=kind, default=f.default)
     args = vars(p.parse_args(argv))
     dest, checker_steps = args.pop("dest"), args.pop("checker_steps")
-    return dest, PretrainConfig(**args), checker_steps
+    try:
+        return dest, PretrainConfig(**args), checker_steps
+    except ValueError as e:  # an option the config refuses: argparse's usage line and exit code 2
+        p.error(str(e))
 
 
 def main(argv=None) -> int:
@@ -72,7 +75,8 @@ judge (`sksbooth.toyworld.checker`).
 - VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops (bf16 autocast)
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
-  {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']})
+  {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

@@ -51,6 +51,10 @@ class PretrainConfig:
     snr_floor: float = 0.0  # with "min_snr": the least x0-space weight of any step
     mixed_precision: str = "no"  # "bf16": autocast the denoiser's forward pass
 
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"--mixed_precision must be 'no' or 'bf16', not {self.mixed_precision!r}")
+
 
 def build_vae(config: PretrainConfig):
     from diffusers import AutoencoderKL

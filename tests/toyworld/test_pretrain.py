@@ -15,7 +15,7 @@ from sksbooth.toyworld.pretrain import PretrainConfig, StepBudget, build_schedul
 
 def test_pretrain_writes_a_loadable_fp16_pipeline(tmp_path):
     config = PretrainConfig(num_images=64, vae_steps=2, vae_batch_size=4, unet_steps=3, unet_batch_size=4,
-                            text_width=32, unet_channels=(32, 64))
+                            text_width=32, unet_channels=(32, 64), mixed_precision="bf16")
     made = pretrain(tmp_path / "base", config, log=lambda _: None)
     assert made["vae_steps"] == 2 and made["unet_steps"] == 3 and made["final_loss"] > 0
     index = json.loads((tmp_path / "base" / "model_index.json").read_text())
@@ -44,3 +44,16 @@ def test_unknown_loss_weighting_is_refused():
     assert loss_weights(build_scheduler("v_prediction"), t, 5.0, "high_noise")[1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="loss_weighting"):
         loss_weights(build_scheduler("v_prediction"), t, 5.0, "min-snr")
+
+
+def test_unknown_mixed_precision_is_refused():
+    assert PretrainConfig(mixed_precision="bf16").mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        PretrainConfig(mixed_precision="fp16")  # CPU autocast here is bf16 only
+
+
+def test_the_command_line_refuses_an_unknown_mixed_precision(capsys):
+    from sksbooth.toyworld.make import parse
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["dest", "--mixed_precision", "fp16"])
+    assert exit_info.value.code == 2 and "must be 'no' or 'bf16'" in capsys.readouterr().err
