@@ -23,6 +23,8 @@ def parse(argv) -> tuple[Path, PretrainConfig, int]:
         kind = type(f.default)
         if kind is tuple:
             p.add_argument(f"--{f.name}", type=lambda v: tuple(int(c) for c in v.split(",")), default=f.default)
+        elif kind is bool:  # type=bool would read "False" as True
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
         else:
             p.add_argument(f"--{f.name}", type=kind, default=f.default)
     args = vars(p.parse_args(argv))
@@ -76,7 +78,7 @@ judge (`sksbooth.toyworld.checker`).
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
-  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{', token embeddings frozen (random)' if c.get('freeze_token_embeddings') else ''}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

@@ -50,6 +50,11 @@ class PretrainConfig:
     loss_weighting: str = "high_noise"  # or "min_snr" (see sksbooth.train.losses)
     snr_floor: float = 0.0  # with "min_snr": the least x0-space weight of any step
     mixed_precision: str = "no"  # "bf16": autocast the denoiser's forward pass
+    # Trained jointly from scratch, the token embeddings of "circle" and "square" (and of "triangle" and
+    # "toy") drifted together before the UNet could draw the difference: the encoder's states for the two
+    # captions ended 0.99 cosine-similar and the base drew the same shape for either word. Frozen random
+    # rows stay apart (SD's own text encoder is frozen too); the transformer layers still train.
+    freeze_token_embeddings: bool = False
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
@@ -192,7 +197,8 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     unet, text_encoder = build_unet(config), build_text_encoder(config)
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder.get_input_embeddings().requires_grad_(not config.freeze_token_embeddings)
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
     budget = StepBudget(config.unet_steps, config.unet_minutes)
     sched = cosine_lr_budget(opt, budget)

@@ -57,3 +57,27 @@ def test_the_command_line_refuses_an_unknown_mixed_precision(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse(["dest", "--mixed_precision", "fp16"])
     assert exit_info.value.code == 2 and "must be 'no' or 'bf16'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_frozen_token_embeddings_stay_as_initialised_while_the_layers_train(freeze):
+    from sksbooth.toyworld.pretrain import build_text_encoder, build_unet, train_denoiser
+    config = PretrainConfig(unet_steps=3, unet_batch_size=4, text_width=32, unet_channels=(32, 64),
+                            freeze_token_embeddings=freeze)
+    torch.manual_seed(0)
+    build_unet(config)  # train_denoiser builds the UNet first, then the encoder: same draws, same weights
+    initial = build_text_encoder(config)
+    latents, ids = torch.randn(8, 4, 8, 8), torch.randint(0, 49406, (8, 77))
+    torch.manual_seed(0)
+    _, trained, *_ = train_denoiser(latents, ids, ids[0], config, log=lambda _: None)
+    embeddings = trained.get_input_embeddings().weight
+    assert torch.equal(embeddings, initial.get_input_embeddings().weight) == freeze
+    layers = [(name, p) for name, p in trained.named_parameters() if p is not embeddings]
+    before = dict(initial.named_parameters())
+    assert any(not torch.equal(p, before[name]) for name, p in layers)
+
+def test_the_command_line_reads_boolean_options():
+    from sksbooth.toyworld.make import parse
+    assert parse(["dest"])[1].freeze_token_embeddings is False
+    assert parse(["dest", "--freeze_token_embeddings"])[1].freeze_token_embeddings is True
+    assert parse(["dest", "--no-freeze_token_embeddings"])[1].freeze_token_embeddings is False
