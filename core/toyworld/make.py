@@ -61,6 +61,12 @@ def score_base_model(dest: Path, count: int = 96) -> dict:
     return score_base(load_pipeline(dest / "base"), load_checker(dest), count=count, seed=0)
 
 
+def frozen_text_encoder(c: dict) -> str:
+    if c.get("freeze_text_encoder"):
+        return ", text encoder frozen (random, as built)"
+    return ", token embeddings frozen (random)" if c.get("freeze_token_embeddings") else ""
+
+
 def made_md(made: dict) -> str:
     c, s = made["config"], made.get("base_scores") or {"shape": float("nan"), "colour": float("nan"),
                                                             "background": float("nan")}
@@ -78,7 +84,7 @@ judge (`sksbooth.toyworld.checker`).
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
-  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{', token embeddings frozen (random)' if c.get('freeze_token_embeddings') else ''}
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{frozen_text_encoder(c)}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

@@ -55,6 +55,7 @@ class PretrainConfig:
     # captions ended 0.99 cosine-similar and the base drew the same shape for either word. Frozen random
     # rows stay apart (SD's own text encoder is frozen too); the transformer layers still train.
     freeze_token_embeddings: bool = False
+    freeze_text_encoder: bool = False  # the whole encoder stays random: the layers merged the pairs too (0.96)
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
@@ -197,7 +198,9 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     unet, text_encoder = build_unet(config), build_text_encoder(config)
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
-    text_encoder.get_input_embeddings().requires_grad_(not config.freeze_token_embeddings)
+    text_encoder.requires_grad_(not config.freeze_text_encoder)
+    if config.freeze_token_embeddings:
+        text_encoder.get_input_embeddings().requires_grad_(False)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
     budget = StepBudget(config.unet_steps, config.unet_minutes)

@@ -59,11 +59,11 @@ def test_the_command_line_refuses_an_unknown_mixed_precision(capsys):
     assert exit_info.value.code == 2 and "must be 'no' or 'bf16'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_frozen_token_embeddings_stay_as_initialised_while_the_layers_train(freeze):
+@pytest.mark.parametrize("freeze, embeddings_move, layers_move", [
+    ({}, True, True), ({"freeze_token_embeddings": True}, False, True), ({"freeze_text_encoder": True}, False, False)])
+def test_the_frozen_parts_of_the_text_encoder_stay_as_initialised(freeze, embeddings_move, layers_move):
     from sksbooth.toyworld.pretrain import build_text_encoder, build_unet, train_denoiser
-    config = PretrainConfig(unet_steps=3, unet_batch_size=4, text_width=32, unet_channels=(32, 64),
-                            freeze_token_embeddings=freeze)
+    config = PretrainConfig(unet_steps=3, unet_batch_size=4, text_width=32, unet_channels=(32, 64), **freeze)
     torch.manual_seed(0)
     build_unet(config)  # train_denoiser builds the UNet first, then the encoder: same draws, same weights
     initial = build_text_encoder(config)
@@ -71,10 +71,10 @@ def test_frozen_token_embeddings_stay_as_initialised_while_the_layers_train(free
     torch.manual_seed(0)
     _, trained, *_ = train_denoiser(latents, ids, ids[0], config, log=lambda _: None)
     embeddings = trained.get_input_embeddings().weight
-    assert torch.equal(embeddings, initial.get_input_embeddings().weight) == freeze
-    layers = [(name, p) for name, p in trained.named_parameters() if p is not embeddings]
+    assert (not torch.equal(embeddings, initial.get_input_embeddings().weight)) == embeddings_move
     before = dict(initial.named_parameters())
-    assert any(not torch.equal(p, before[name]) for name, p in layers)
+    layers = [(name, p) for name, p in trained.named_parameters() if p is not embeddings]
+    assert any(not torch.equal(p, before[name]) for name, p in layers) == layers_move
 
 def test_the_command_line_reads_boolean_options():
     from sksbooth.toyworld.make import parse
