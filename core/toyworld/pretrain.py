@@ -50,12 +50,12 @@ class PretrainConfig:
     loss_weighting: str = "high_noise"  # or "min_snr" (see sksbooth.train.losses)
     snr_floor: float = 0.0  # with "min_snr": the least x0-space weight of any step
     mixed_precision: str = "no"  # "bf16": autocast the denoiser's forward pass
-    # Trained jointly from scratch, the token embeddings of "circle" and "square" (and of "triangle" and
-    # "toy") drifted together before the UNet could draw the difference: the encoder's states for the two
-    # captions ended 0.99 cosine-similar and the base drew the same shape for either word. Frozen random
-    # rows stay apart (SD's own text encoder is frozen too); the transformer layers still train.
+    # Trial options, off in the shipped base (MADE.md has the results). Trained jointly from scratch, the
+    # encoder merges "circle" with "square" and "triangle" with "toy" (states 0.99 cosine-similar), so the
+    # base draws the same shape for either word. Frozen embeddings alone did not help (the layers merged the
+    # pairs instead); a wholly frozen random encoder kept them apart but says too little about any caption.
     freeze_token_embeddings: bool = False
-    freeze_text_encoder: bool = False  # the whole encoder stays random: the layers merged the pairs too (0.96)
+    freeze_text_encoder: bool = False
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):

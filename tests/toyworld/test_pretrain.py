@@ -76,6 +76,7 @@ def test_the_frozen_parts_of_the_text_encoder_stay_as_initialised(freeze, embedd
     layers = [(name, p) for name, p in trained.named_parameters() if p is not embeddings]
     assert any(not torch.equal(p, before[name]) for name, p in layers) == layers_move
 
+
 def test_the_command_line_reads_boolean_options():
     from sksbooth.toyworld.make import parse
     assert parse(["dest"])[1].freeze_token_embeddings is False
