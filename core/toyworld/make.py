@@ -61,7 +61,12 @@ def score_base_model(dest: Path, count: int = 96) -> dict:
     return score_base(load_pipeline(dest / "base"), load_checker(dest), count=count, seed=0)
 
 
-def frozen_text_encoder(c: dict) -> str:
+def frozen_text_encoder(made: dict) -> str:
+    c = made["config"]
+    if "text_encoder_steps" in made:
+        return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of 256 captions against"
+                f" a latent image encoder, lr {c['text_encoder_lr']}, final contrastive loss"
+                f" {made['text_encoder_loss']}), then frozen")
     if c.get("freeze_text_encoder"):
         return ", text encoder frozen (random, as built)"
     return ", token embeddings frozen (random)" if c.get("freeze_token_embeddings") else ""
@@ -84,7 +89,7 @@ judge (`sksbooth.toyworld.checker`).
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
-  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{frozen_text_encoder(c)}
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{frozen_text_encoder(made)}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

@@ -56,6 +56,15 @@ class PretrainConfig:
     # pairs instead); a wholly frozen random encoder kept them apart but says too little about any caption.
     freeze_token_embeddings: bool = False
     freeze_text_encoder: bool = False
+    # either > 0: first train the text encoder CLIP-style against the images for this long (sksbooth.toyworld.
+    # text_pretrain), then keep it frozen while the UNet trains, as Stable Diffusion's CLIP encoder is
+    text_encoder_steps: int = 0
+    text_encoder_minutes: float = 0.0
+    text_encoder_lr: float = 3e-3
+
+    @property
+    def contrastive_text_encoder(self) -> bool:
+        return self.text_encoder_steps > 0 or self.text_encoder_minutes > 0
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
@@ -192,13 +201,15 @@ def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float, weighting: st
 
 
 def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, config: PretrainConfig,
-                   log: Log):
+                   log: Log, text_encoder=None):
+    """Train a new UNet (and `text_encoder`, or a new one, unless the config freezes it)."""
     from diffusers.models.attention_processor import AttnProcessor
     from ..train.losses import diffusion_target
-    unet, text_encoder = build_unet(config), build_text_encoder(config)
+    unet, text_encoder = build_unet(config), text_encoder or build_text_encoder(config)
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
-    text_encoder.requires_grad_(not config.freeze_text_encoder)
+    train_text = not (config.freeze_text_encoder or config.contrastive_text_encoder)
+    text_encoder.requires_grad_(train_text)
     if config.freeze_token_embeddings:
         text_encoder.get_input_embeddings().requires_grad_(False)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
@@ -214,7 +225,9 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         with torch.autocast("cpu", torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-            pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
+            with torch.set_grad_enabled(train_text):
+                states = text_encoder(tokens)[0]
+            pred = unet(scheduler.add_noise(x0, noise, t), t, states).sample
         per_sample = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weights(scheduler, t, config.snr_gamma, config.loss_weighting, config.snr_floor)).mean()
         opt.zero_grad(set_to_none=True)
@@ -249,7 +262,16 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp))
     ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
-    unet, text_encoder, scheduler, final_loss, unet_steps = train_denoiser(latents, ids, empty, config, log)
+    text_encoder, text = None, {}
+    if config.contrastive_text_encoder:
+        from .text_pretrain import pretrain_text_encoder
+        text_encoder = build_text_encoder(config)
+        budget = StepBudget(config.text_encoder_steps, config.text_encoder_minutes)
+        steps, loss = pretrain_text_encoder(text_encoder, latents, ids, budget, config.seed + 2, log,
+                                            lr=config.text_encoder_lr)
+        text = {"text_encoder_steps": steps, "text_encoder_loss": round(loss, 4)}
+    unet, text_encoder, scheduler, final_loss, unet_steps = train_denoiser(latents, ids, empty, config, log,
+                                                                           text_encoder)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=sampling_scheduler(scheduler), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).to(torch.float16)
@@ -257,4 +279,4 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
         pipe.save_pretrained(tmp, safe_serialization=True)
     return {"config": asdict(config), "minutes": round((time.monotonic() - started) / 60, 1),
             "vae_minutes": round(vae_minutes, 1), "vae_steps": vae_steps, "unet_steps": unet_steps,
-            "final_loss": round(final_loss, 4)}
+            "final_loss": round(final_loss, 4), **text}

@@ -1,0 +1,87 @@
+"""CLIP-style pretraining of the toy world's text encoder, before the UNet sees it.
+
+Stable Diffusion conditions on a CLIP text encoder that was trained, frozen, on image-caption pairs
+before the UNet ever ran. Trained jointly with the UNet from scratch instead, the toy encoder gave
+"circle" and "square" (and "triangle" and "toy") nearly the same states, and the base drew the same
+shape for either word (MADE.md). Here the encoder first learns to tell captions apart by the images
+they describe: a contrastive (InfoNCE) loss against a small image encoder on the VAE's latents, which
+is thrown away afterwards. The world's checker is not used: the judge stays independent of the base.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Log = Callable[[str], None]
+
+
+class LatentImageEncoder(nn.Module):
+    """A few strided convolutions over 4 x 16 x 16 latents, pooled to one vector per image."""
+
+    def __init__(self, width: int, channels: int = 4, hidden: int = 96):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1), nn.GroupNorm(8, hidden), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.GroupNorm(8, hidden), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.GroupNorm(8, hidden), nn.SiLU())
+        self.project = nn.Linear(hidden, width)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.project(self.net(latents).mean(dim=(2, 3)))
+
+
+def caption_text_features(text_encoder, ids: torch.Tensor, project: nn.Module) -> torch.Tensor:
+    """Mean of the encoder's output states over all 77 positions: the UNet attends to every position,
+    so every one of them (the padding after the caption too) is taught to carry the caption."""
+    return project(text_encoder(ids)[0].mean(dim=1))
+
+
+def same_caption_targets(ids: torch.Tensor) -> torch.Tensor:
+    """Row-normalised matches: a batch often holds several images of one caption, and none of them
+    is a wrong answer for it."""
+    same = (ids[:, None, :] == ids[None, :, :]).all(dim=-1).float()
+    return same / same.sum(dim=1, keepdim=True)
+
+
+def contrastive_loss(text: torch.Tensor, image: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over cosine similarities, with soft targets."""
+    logits = F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T / temperature
+    text_to_image = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    image_to_text = -(targets.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (text_to_image + image_to_text) / 2
+
+
+def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor, budget, seed: int, log: Log,
+                          batch_size: int = 256, lr: float = 1e-3, temperature: float = 0.07) -> tuple[int, float]:
+    """Train `text_encoder` in place within `budget` (a StepBudget); returns (steps, final loss)."""
+    from .pretrain import cosine_lr_budget
+    width = text_encoder.config.hidden_size
+    image_encoder, project = LatentImageEncoder(width, latents.shape[1]), nn.Linear(width, width)
+    params = [*text_encoder.parameters(), *image_encoder.parameters(), *project.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = cosine_lr_budget(opt, budget, warmup=50)
+    gen = torch.Generator().manual_seed(seed)
+    text_encoder.train()
+    losses, step = [], 0
+    while not budget.done(step):
+        idx = torch.randint(len(latents), (batch_size,), generator=gen)
+        batch_ids = ids[idx]
+        loss = contrastive_loss(caption_text_features(text_encoder, batch_ids, project), image_encoder(latents[idx]),
+                                same_caption_targets(batch_ids), temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(f"text encoder step {step}: contrastive loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        step += 1
+    final = sum(losses[-50:]) / max(1, len(losses[-50:]))
+    log(f"text encoder: {step} steps, final contrastive loss {final:.4f} (chance {math.log(batch_size):.2f})")
+    return step, final
