@@ -61,7 +61,7 @@ def score_base_model(dest: Path, count: int = 96) -> dict:
     return score_base(load_pipeline(dest / "base"), load_checker(dest), count=count, seed=0)
 
 
-def frozen_text_encoder(made: dict) -> str:
+def text_encoder_note(made: dict) -> str:
     c = made["config"]
     if "text_encoder_steps" in made:
         return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of 256 captions against"
@@ -89,7 +89,7 @@ judge (`sksbooth.toyworld.checker`).
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
-  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{frozen_text_encoder(made)}
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{text_encoder_note(made)}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

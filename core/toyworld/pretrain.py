@@ -207,7 +207,8 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     """Train a new UNet (and `text_encoder`, or a new one, unless the config freezes it)."""
     from diffusers.models.attention_processor import AttnProcessor
     from ..train.losses import diffusion_target
-    unet, text_encoder = build_unet(config), text_encoder or build_text_encoder(config)
+    unet = build_unet(config)
+    text_encoder = build_text_encoder(config) if text_encoder is None else text_encoder
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
     train_text = not (config.freeze_text_encoder or config.contrastive_text_encoder)
