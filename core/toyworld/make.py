@@ -62,10 +62,11 @@ def score_base_model(dest: Path, count: int = 96) -> dict:
 
 
 def text_encoder_note(made: dict) -> str:
+    from .text_pretrain import CAPTIONS_PER_BATCH
     c = made["config"]
     if "text_encoder_steps" in made:
-        return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of 256 captions against"
-                f" a latent image encoder, lr {c['text_encoder_lr']}, final contrastive loss"
+        return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of {CAPTIONS_PER_BATCH}"
+                f" captions against a latent image encoder, lr {c['text_encoder_lr']}, final contrastive loss"
                 f" {made['text_encoder_loss']}), then frozen")
     if c.get("freeze_text_encoder"):
         return ", text encoder frozen (random, as built)"

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 Log = Callable[[str], None]
+CAPTIONS_PER_BATCH = 256  # more captions a batch give each one more negatives to be told apart from
 
 
 class LatentImageEncoder(nn.Module):
@@ -57,7 +58,8 @@ def contrastive_loss(text: torch.Tensor, image: torch.Tensor, targets: torch.Ten
 
 
 def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor, budget, seed: int, log: Log,
-                          batch_size: int = 256, lr: float = 1e-3, temperature: float = 0.07) -> tuple[int, float]:
+                          *, lr: float, batch_size: int = CAPTIONS_PER_BATCH, temperature: float = 0.07
+                          ) -> tuple[int, float]:
     """Train `text_encoder` in place within `budget` (a StepBudget); returns (steps, final loss)."""
     from .pretrain import cosine_lr_budget
     width = text_encoder.config.hidden_size
