@@ -76,6 +76,9 @@ class TrainConfig:
     bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this many pixels (with --aspect_ratio_bucketing).")
     # --- what to train --------------------------------------------------------
     train_text_encoder: bool = opt(False, "Also train the text encoder.")
+    train_text_encoder_ti: bool = opt(False, "Pivotal tuning: also train the token embedding of the identifier (the words --instance_prompt adds to --class_prompt, e.g. 'sks'; or --token_abstraction), i.e. textual inversion inside DreamBooth; the rest of the text encoder stays frozen. The rows are trained in place (no tokens are added), so saved models keep the base's shapes; a LoRA run also writes OUTPUT_DIR/embeddings/<word>.safetensors, an embedding A1111 and ComfyUI load. As diffusers' advanced DreamBooth scripts.")
+    token_abstraction: Optional[str] = opt(None, "With --train_text_encoder_ti: the identifier word(s) whose embeddings are trained, comma-separated (default: the words of --instance_prompt that --class_prompt lacks).")
+    text_encoder_lr: Optional[float] = opt(None, "Learning rate of the text encoder's trained weights with --train_text_encoder or --train_text_encoder_ti (default: --learning_rate); embeddings usually want a higher one than the UNet.")
     use_lora: bool = opt(False, "Train LoRA adapters instead of the full weights.")
     rank: int = opt(4, "LoRA rank.")
     lora_alpha: Optional[int] = opt(None, "LoRA alpha (default: equal to the rank).")
@@ -175,6 +178,17 @@ class TrainConfig:
         return "adamw8bit" if self.use_8bit_adam else self.optimizer
 
     @property
+    def trains_text_encoder(self) -> bool:
+        """Some of the text encoder is trained: all of it (or its LoRA), or the identifier's embedding."""
+        return self.train_text_encoder or self.train_text_encoder_ti
+
+    @property
+    def identifier_words(self) -> list[str]:
+        """With --train_text_encoder_ti: the words whose token embeddings are trained."""
+        from .train.token_embedding import identifier_words
+        return identifier_words(self.instance_prompt, self.class_prompt, self.token_abstraction)
+
+    @property
     def validation_prompts(self) -> list[str]:
         if not self.validation_prompt:
             return []
@@ -213,6 +227,10 @@ def _train_problems(c: TrainConfig):
                "(--gradient_accumulation_steps 1) nor scale an fp16 loss (use --mixed_precision bf16 or no).")
     if c.train_text_encoder and c.pre_compute_text_embeddings:
         yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
+    if c.train_text_encoder_ti:
+        yield from _ti_problems(c)
+    if c.text_encoder_lr is not None and c.text_encoder_lr <= 0:
+        yield f"--text_encoder_lr must be > 0 (got {c.text_encoder_lr})."
     positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",
                 "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "rank",
                 "num_validation_images", "num_validation_inference_steps")
@@ -236,6 +254,23 @@ def _train_problems(c: TrainConfig):
     if c.checkpoints_total_limit is not None and c.checkpoints_total_limit < 1:
         yield "--checkpoints_total_limit must be at least 1."
     yield from _choice_problems(c)
+
+
+def _ti_problems(c: TrainConfig):
+    if c.train_text_encoder:
+        yield ("--train_text_encoder_ti trains the identifier's embedding only; --train_text_encoder trains the "
+               "whole text encoder, embeddings included. Keep one.")
+    if c.pre_compute_text_embeddings:
+        yield "--train_text_encoder_ti cannot be used with --pre_compute_text_embeddings (the prompts' encoding changes)."
+    if c.skip_save_text_encoder and not c.use_lora:
+        yield "--train_text_encoder_ti with --skip_save_text_encoder would drop the trained embedding; keep the text encoder."
+    words = c.identifier_words
+    if not words:
+        yield ("--train_text_encoder_ti needs the identifier: --token_abstraction sks, or a --class_prompt that "
+               "--instance_prompt extends (e.g. 'a photo of dog' and 'a photo of sks dog').")
+    missing = [w for w in words if c.instance_prompt and w not in c.instance_prompt.split()]
+    if missing:
+        yield f"--token_abstraction {', '.join(missing)}: not a word of --instance_prompt '{c.instance_prompt}'."
 
 
 def _field_kind(hint):

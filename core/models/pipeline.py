@@ -75,6 +75,8 @@ def load_pipeline(path: str, dtype: torch.dtype = torch.float32, variant: Option
         raise ModelLoadError(f"Cannot load the Stable Diffusion pipeline at {root}: {e}") from e
     if lora is not None:
         apply_lora(pipe, lora, lora_scale)  # kohya or diffusers format
+        from ..train.token_embedding import EMBEDDINGS_DIR, load_embedding_files
+        load_embedding_files(pipe, lora.parent / EMBEDDINGS_DIR)  # a LoRA run's --train_text_encoder_ti
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

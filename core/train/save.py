@@ -12,6 +12,8 @@ from .checkpoint import CONFIG_NAME
 
 def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None, text_encoder_2=None) -> Path:
     """The trained model: a diffusers folder (+ single file), or the LoRA file. SDXL when text_encoder_2 is given."""
+    if getattr(config, "train_text_encoder_ti", False):
+        merge_identifier_embeddings(parts, (text_encoder, text_encoder_2), config, out)
     if config.use_lora:
         return save_lora(unet, text_encoder, config, out, steps, text_encoder_2)
     from ..models.pipeline import pipeline_from_parts
@@ -29,6 +31,16 @@ def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None, t
         save_trained_single_file(unet, parts.vae, text_encoder, parts.noise_scheduler, config, out, steps,
                                  text_encoder_2)
     return target
+
+
+def merge_identifier_embeddings(parts, encoders, config, out: Path) -> None:
+    """--train_text_encoder_ti: the trained rows go into the encoders' own tables, so a full model
+    saves in the base's layout; a LoRA run, which saves no text encoder, writes them as embedding files."""
+    from .token_embedding import merge_token_rows, save_embedding_files
+    pairs = [(e, t) for e, t in zip(encoders, (parts.tokenizer, parts.tokenizer_2)) if e is not None]
+    rows = [merge_token_rows(encoder) for encoder, _ in pairs]
+    if config.use_lora and all(r is not None for r in rows):
+        save_embedding_files(out, config.identifier_words, [t for _, t in pairs], rows)
 
 
 def save_lora(unet, text_encoder, config, out: Path, steps=None, text_encoder_2=None) -> Path:

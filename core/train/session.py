@@ -25,7 +25,8 @@ from .latents import cache_latents
 from .memory import CpuEMA, offload, on_device
 from .save import save_final_model
 from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
-                    make_optimizer, prepare_models, schedule_lengths, trainable_parameters)
+                    make_optimizer, parameter_groups, prepare_models, schedule_lengths,
+                    trainable_parameters)
 from .fused import check_fused_backward, fuse_optimizer_into_backward
 from .text import PromptEncoder
 
@@ -58,13 +59,13 @@ class Session:
 
     @property
     def text_encoder(self):
-        return self.trained[1] if self.config.train_text_encoder else self.parts.text_encoder
+        return self.trained[1] if self.config.trains_text_encoder else self.parts.text_encoder
 
     @property
     def text_encoder_2(self):  # SDXL's second text encoder; None for SD 1.x/2.x
         if self.parts.text_encoder_2 is None:
             return None
-        return self.trained[2] if self.config.train_text_encoder else self.parts.text_encoder_2
+        return self.trained[2] if self.config.trains_text_encoder else self.parts.text_encoder_2
 
     @property
     def history_path(self) -> Path:
@@ -149,10 +150,10 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
             emit(callbacks, "log", message=warning)
     make_loader = make_bucket_dataloader if config.aspect_ratio_bucketing else make_dataloader
     loader, sampler = make_loader(dataset, config, seed)
-    lr = config.learning_rate
-    if config.scale_lr:
-        lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
-    optimizer = make_optimizer(trainable_parameters(trained), config, lr)
+    scale = (config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+             if config.scale_lr else 1)
+    lr, text_lr = config.learning_rate * scale, (config.text_encoder_lr or config.learning_rate) * scale
+    optimizer = make_optimizer(parameter_groups(trained, config, lr, text_lr), config, lr)
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
     lr_scheduler = make_lr_scheduler(optimizer, config, max_steps, accelerator.num_processes)
     *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
@@ -162,8 +163,8 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     # prepare() shards the loader across processes: count epochs from the shard, as diffusers does
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
 
-    encoders = trained[1:] if config.train_text_encoder else [parts.text_encoder, parts.text_encoder_2]
-    prompts = PromptEncoder(parts.tokenizer, encoders[0], config.train_text_encoder, config.tokenizer_max_length,
+    encoders = trained[1:] if config.trains_text_encoder else [parts.text_encoder, parts.text_encoder_2]
+    prompts = PromptEncoder(parts.tokenizer, encoders[0], config.trains_text_encoder, config.tokenizer_max_length,
                             config.text_encoder_use_attention_mask, parts.tokenizer_2,
                             encoders[1] if parts.is_sdxl else None)
     if config.pre_compute_text_embeddings:

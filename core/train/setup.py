@@ -78,10 +78,11 @@ TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def prepare_models(components, config, weight_dtype: torch.dtype, device) -> list[torch.nn.Module]:
-    """Freeze what is not trained, add LoRA if asked, move to device.
+    """Freeze what is not trained, add LoRA (or the identifier's trainable embedding) if asked, move to device.
 
-    Returns the trained modules: [unet], plus the text encoder(s) with --train_text_encoder (SDXL's
-    two, as diffusers' SDXL script trains both), in the order unet, text_encoder, text_encoder_2.
+    Returns the trained modules: [unet], plus the text encoder(s) with --train_text_encoder or
+    --train_text_encoder_ti (SDXL's two, as diffusers' SDXL scripts train both), in the order unet,
+    text_encoder, text_encoder_2.
     """
     unet, vae = components.unet, components.vae
     encoders = [e for e in (components.text_encoder, getattr(components, "text_encoder_2", None)) if e is not None]
@@ -93,25 +94,42 @@ def prepare_models(components, config, weight_dtype: torch.dtype, device) -> lis
         add_lora(unet, config.rank, config.resolved_lora_alpha, UNET_LORA_TARGETS)
         for encoder in encoders if config.train_text_encoder else []:
             add_lora(encoder, config.rank, config.resolved_lora_alpha, TEXT_LORA_TARGETS)
+    if config.train_text_encoder_ti:
+        from .token_embedding import install_token_rows
+        tokenizers = [components.tokenizer, getattr(components, "tokenizer_2", None)]
+        for encoder, tokenizer in zip(encoders, tokenizers):
+            install_token_rows(encoder, tokenizer, config.identifier_words)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        for encoder in encoders if config.train_text_encoder else []:
+        for encoder in encoders if config.trains_text_encoder else []:
             encoder.gradient_checkpointing_enable()
     for module in (unet, vae):  # config.attention was resolved once by choose_attention
         set_attention(module, config.resolved_attention, device)
-    trained = [unet] + (encoders if config.train_text_encoder else [])
-    # Frozen parts run in the low-precision dtype; trained full weights stay fp32 for the optimizer.
+    trained = [unet] + (encoders if config.trains_text_encoder else [])
+    # Frozen parts run in the low-precision dtype; fully trained weights stay fp32 for the optimizer.
+    fully_trained = [] if config.use_lora else [unet] + (encoders if config.train_text_encoder else [])
     vae.to(device, dtype=weight_dtype)
-    # LoRA: base weights low precision, adapters fp32. Never via an fp32 copy of the whole base:
-    # for SDXL that transient alone is 10 GB.
+    # LoRA or trained embedding rows: base weights low precision, trained ones fp32. Never via an fp32
+    # copy of the whole base: for SDXL that transient alone is 10 GB.
     for module in (unet, *encoders):
-        module.to(device, dtype=torch.float32 if module in trained and not config.use_lora else weight_dtype)
-    if config.use_lora:
-        for module in trained:
+        module.to(device, dtype=torch.float32 if any(module is m for m in fully_trained) else weight_dtype)
+    for module in trained:
+        if not any(module is m for m in fully_trained):
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
     return trained
+
+
+def parameter_groups(trained, config, learning_rate: float, text_encoder_lr: float) -> list[dict]:
+    """The optimizer's groups: the UNet's trained weights, then the text encoders' at --text_encoder_lr."""
+    text = trainable_parameters(trained[1:])
+    if text_encoder_lr == learning_rate:  # one group, as checkpoints written before --text_encoder_lr hold
+        return [{"params": trainable_parameters(trained[:1]) + text, "lr": learning_rate}]
+    groups = [{"params": trainable_parameters(trained[:1]), "lr": learning_rate}]
+    if text:
+        groups.append({"params": text, "lr": text_encoder_lr})
+    return groups
 
 
 def trainable_parameters(modules) -> list[torch.nn.Parameter]:
@@ -119,6 +137,7 @@ def trainable_parameters(modules) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(params, config, learning_rate: float):
+    """`params`: parameters, or parameter groups (dicts with "params" and their own "lr")."""
     if config.resolved_optimizer == "adafactor":
         # relative_step off: the learning rate is ours, driven by the lr scheduler as with AdamW.
         from transformers.optimization import Adafactor
@@ -140,6 +159,7 @@ def adamw_implementation(params) -> dict:
     cores that loop takes ~4 s a step, the fused kernel ~0.7 s (benchmarks/RESULTS.md), and fused
     allocates no list-wide temporaries as foreach does. Same update rule, same state dict.
     """
+    params = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
     devices = {p.device.type for p in params}
     fused_ok = len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
     return {"fused": True} if fused_ok else {}
