@@ -106,6 +106,13 @@ def _pipeline_for(pipe, config: GenerateConfig):
     return run
 
 
+def _apply_trained_embeddings(pipe, lora: Path) -> None:
+    """A LoRA file still in its training folder brings that run's --train_text_encoder_ti embeddings."""
+    if (lora.parent / "dreambooth_config.json").is_file():
+        from .train.token_embedding import EMBEDDINGS_DIR, load_embedding_files
+        load_embedding_files(pipe, lora.parent / EMBEDDINGS_DIR)
+
+
 def generate(config: GenerateConfig, callbacks: Iterable[Callback] = (), stop: Optional[StopFlag] = None,
              pipe=None) -> list[Path]:
     """Draw `num_images` images (image i with seed + i) and save them as PNGs."""
@@ -125,6 +132,7 @@ def generate(config: GenerateConfig, callbacks: Iterable[Callback] = (), stop: O
         if config.lora:
             from .models.lora_files import apply_lora
             apply_lora(pipe, config.lora, config.lora_scale)
+            _apply_trained_embeddings(pipe, Path(config.lora).expanduser())
             loras.append(_lora_entry(Path(config.lora).expanduser(), config.lora_scale))
     first_seed = config.seed if config.seed != -1 else random.randrange(2**32 - config.num_images)
     model_name, model_hash = _model_name_and_hash(config)

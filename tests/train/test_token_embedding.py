@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from sksbooth.config import GenerateConfig
 from sksbooth.errors import ConfigError
+from sksbooth.generate import generate
 from sksbooth.events import StopFlag
 from sksbooth.models.pipeline import load_pipeline
 from sksbooth.train.loop import train
@@ -26,6 +28,14 @@ def embedding_table(folder: Path) -> torch.Tensor:
 def sks_id(model: Path) -> int:
     (token,) = CLIPTokenizer.from_pretrained(model / "tokenizer")("sks", add_special_tokens=False).input_ids
     return token
+
+
+def drawn(out: Path, model, lora) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+    config = GenerateConfig(model=str(model), lora=str(lora) if lora else None, prompt="a photo of sks dog",
+                            num_images=1, num_inference_steps=2, output_dir=str(out), scheduler="DDIM")
+    return torch.from_numpy(np.asarray(Image.open(generate(config)[0]), dtype=np.float32))
 
 
 def ti_config(make_config, tiny_model, instance_dir, out, **kw):
@@ -85,6 +95,10 @@ def test_lora_run_writes_an_embedding_file_that_generate_applies(tiny_model, ins
     pipe = load_pipeline(str(out))
     loaded = pipe.text_encoder.get_input_embeddings().weight[sks_id(Path(tiny_model))]
     torch.testing.assert_close(loaded, vectors["emb_params"][0])
+    # `--lora FILE` on the base draws what the training folder draws: the embedding comes with the file
+    implicit, explicit = (drawn(tmp_path / name, model, lora) for name, model, lora in
+                          (("g1", out, None), ("g2", tiny_model, result.model_path)))
+    assert torch.equal(implicit, explicit)
 
 
 def test_resumed_run_ends_with_the_same_identifier_row(tiny_model, instance_dir, tmp_path, make_config):
