@@ -105,3 +105,23 @@ def test_sdxl_lora_with_text_encoders_writes_a_kohya_sdxl_file_that_generation_a
         import numpy as np
         images[scale] = np.asarray(Image.open(generate(cfg)[0]), dtype=np.float32)
     assert abs(images[0.0] - images[1.0]).mean() > 0.5  # the LoRA changes what the base draws
+
+
+def test_sdxl_pivotal_tuning_writes_clip_l_and_clip_g_vectors_that_reload_into_both_encoders(
+        tiny_sdxl_model, instance_dir, tmp_path):
+    from safetensors.torch import load_file
+    from sksbooth.models.pipeline import load_pipeline
+    out = tmp_path / "ti-run"
+    train(sdxl_config(tiny_sdxl_model, instance_dir, out, use_lora=True, train_text_encoder_ti=True,
+                      text_encoder_lr=5e-2, max_train_steps=3))
+    vectors = load_file(out / "embeddings" / "sks.safetensors")
+    assert vectors.keys() == {"clip_l", "clip_g"}
+    base, tuned = load_pipeline(str(tiny_sdxl_model)), load_pipeline(str(out))
+    for name, key in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
+        tokenizer = getattr(base, name.replace("text_encoder", "tokenizer"))
+        (token,) = tokenizer("sks", add_special_tokens=False).input_ids
+        before = getattr(base, name).get_input_embeddings().weight[token]
+        after = getattr(tuned, name).get_input_embeddings().weight[token]
+        assert vectors[key].shape == (1, before.shape[0])
+        torch.testing.assert_close(after, vectors[key][0])
+        assert not torch.allclose(after, before), name
