@@ -77,6 +77,7 @@ class TrainConfig:
     # --- what to train --------------------------------------------------------
     train_text_encoder: bool = opt(False, "Also train the text encoder.")
     train_text_encoder_ti: bool = opt(False, "Pivotal tuning: also train the token embedding of the identifier (the words --instance_prompt adds to --class_prompt, e.g. 'sks'; or --token_abstraction), i.e. textual inversion inside DreamBooth; the rest of the text encoder stays frozen. The rows are trained in place (no tokens are added), so saved models keep the base's shapes; a LoRA run also writes OUTPUT_DIR/embeddings/<word>.safetensors, an embedding A1111 and ComfyUI load. As diffusers' advanced DreamBooth scripts.")
+    train_text_encoder_ti_frac: float = opt(0.5, "With --train_text_encoder_ti: the fraction of the steps during which the embedding trains; after it the embedding stays as it is and the UNet trains on (diffusers' pivotal tuning default, 0.5).")
     token_abstraction: Optional[str] = opt(None, "With --train_text_encoder_ti: the identifier word(s) whose embeddings are trained, comma-separated (default: the words of --instance_prompt that --class_prompt lacks).")
     text_encoder_lr: Optional[float] = opt(None, "Learning rate of the text encoder's trained weights with --train_text_encoder or --train_text_encoder_ti (default: --learning_rate); embeddings usually want a higher one than the UNet.")
     use_lora: bool = opt(False, "Train LoRA adapters instead of the full weights.")
@@ -264,6 +265,8 @@ def _ti_problems(c: TrainConfig):
         yield "--train_text_encoder_ti cannot be used with --pre_compute_text_embeddings (the prompts' encoding changes)."
     if c.skip_save_text_encoder and not c.use_lora:
         yield "--train_text_encoder_ti with --skip_save_text_encoder would drop the trained embedding; keep the text encoder."
+    if not 0 < c.train_text_encoder_ti_frac <= 1:
+        yield f"--train_text_encoder_ti_frac must be in (0, 1] (got {c.train_text_encoder_ti_frac})."
     words = c.identifier_words
     if not words:
         yield ("--train_text_encoder_ti needs the identifier: --token_abstraction sks, or a --class_prompt that "

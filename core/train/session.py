@@ -24,8 +24,8 @@ from .sampling import write_sample_grid
 from .latents import cache_latents
 from .memory import CpuEMA, offload, on_device
 from .save import save_final_model
-from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, make_dataloader, make_lr_scheduler,
-                    make_optimizer, parameter_groups, prepare_models, schedule_lengths,
+from .setup import (WEIGHT_DTYPES, EpochShuffleSampler, choose_attention, end_text_group_at, make_dataloader,
+                    make_lr_scheduler, make_optimizer, parameter_groups, prepare_models, schedule_lengths,
                     trainable_parameters)
 from .fused import check_fused_backward, fuse_optimizer_into_backward
 from .text import PromptEncoder
@@ -156,6 +156,8 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     optimizer = make_optimizer(parameter_groups(trained, config, lr, text_lr), config, lr)
     updates_per_epoch, max_steps, epochs = schedule_lengths(config, len(loader))
     lr_scheduler = make_lr_scheduler(optimizer, config, max_steps, accelerator.num_processes)
+    if config.train_text_encoder_ti and len(optimizer.param_groups) > 1:
+        end_text_group_at(lr_scheduler, round(config.train_text_encoder_ti_frac * max_steps) * accelerator.num_processes)
     *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     if config.fused_backward_pass:  # the optimizer steps inside backward; see train/fused.py
         check_fused_backward(accelerator)

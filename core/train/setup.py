@@ -124,7 +124,8 @@ def prepare_models(components, config, weight_dtype: torch.dtype, device) -> lis
 def parameter_groups(trained, config, learning_rate: float, text_encoder_lr: float) -> list[dict]:
     """The optimizer's groups: the UNet's trained weights, then the text encoders' at --text_encoder_lr."""
     text = trainable_parameters(trained[1:])
-    if text_encoder_lr == learning_rate:  # one group, as checkpoints written before --text_encoder_lr hold
+    # one group, as checkpoints written before --text_encoder_lr hold (pivotal tuning schedules its own)
+    if text_encoder_lr == learning_rate and not config.train_text_encoder_ti:
         return [{"params": trainable_parameters(trained[:1]) + text, "lr": learning_rate}]
     groups = [{"params": trainable_parameters(trained[:1]), "lr": learning_rate}]
     if text:
@@ -171,6 +172,25 @@ def make_lr_scheduler(optimizer, config, max_train_steps: int, num_processes: in
                          num_warmup_steps=config.lr_warmup_steps * num_processes,
                          num_training_steps=max_train_steps * num_processes,
                          num_cycles=config.lr_num_cycles, power=config.lr_power)
+
+
+def end_text_group_at(lr_scheduler, stop_step: int) -> None:
+    """From scheduler step `stop_step` on, the text group's learning rate is 0 (--train_text_encoder_ti_frac).
+
+    Its parameters keep their gradients, so a DDP run (which expects every parameter it was built
+    with to get one) is unaffected, and at lr 0 AdamW's update and its weight decay are both zero.
+    A plain function, not an object, so LambdaLR's state_dict (saved in checkpoints) leaves it out.
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+    if not isinstance(lr_scheduler, LambdaLR) or len(lr_scheduler.lr_lambdas) < 2:
+        raise ValueError("end_text_group_at needs a LambdaLR over [unet, text] parameter groups")
+    inner = lr_scheduler.lr_lambdas[1]
+
+    def text_factor(step: int) -> float:
+        return inner(step) if step < stop_step else 0.0
+
+    lr_scheduler.lr_lambdas[1] = text_factor
+    lr_scheduler.optimizer.param_groups[1]["lr"] = lr_scheduler.base_lrs[1] * text_factor(lr_scheduler.last_epoch)
 
 
 class EpochShuffleSampler(Sampler):

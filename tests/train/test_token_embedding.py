@@ -39,8 +39,8 @@ def drawn(out: Path, model, lora) -> torch.Tensor:
 
 
 def ti_config(make_config, tiny_model, instance_dir, out, **kw):
-    return make_config(tiny_model, instance_dir, out, train_text_encoder_ti=True, text_encoder_lr=5e-2,
-                       max_train_steps=4, **{**PROMPTS, **kw})
+    settings = dict(train_text_encoder_ti=True, text_encoder_lr=5e-2, max_train_steps=4, train_text_encoder_ti_frac=1.0)
+    return make_config(tiny_model, instance_dir, out, **{**settings, **PROMPTS, **kw})
 
 
 def test_identifier_is_what_the_instance_prompt_adds_to_the_class_prompt():
@@ -121,3 +121,18 @@ def test_conflicting_or_missing_identifier_is_a_config_error(tiny_model, instanc
         ti_config(make_config, tiny_model, instance_dir, tmp_path, class_prompt=None)
     with pytest.raises(ConfigError, match="not a word of --instance_prompt"):
         ti_config(make_config, tiny_model, instance_dir, tmp_path, token_abstraction="zwx")
+
+
+def test_the_embedding_stops_training_after_its_fraction_of_the_steps(tiny_model, instance_dir, tmp_path, make_config):
+    token = sks_id(Path(tiny_model))
+
+    def row(name, steps, frac):
+        result = train(ti_config(make_config, tiny_model, instance_dir, tmp_path / name, max_train_steps=steps,
+                                 train_text_encoder_ti_frac=frac))
+        return embedding_table(result.model_path)[token]
+
+    half_of_4, all_of_2, all_of_4 = row("half4", 4, 0.5), row("all2", 2, 1.0), row("all4", 4, 1.0)
+    # same seed, constant lr: the first two steps of every run are the same
+    assert torch.equal(half_of_4, all_of_2)
+    assert not torch.equal(half_of_4, all_of_4)
+    assert not torch.equal(all_of_2, embedding_table(Path(tiny_model))[token])
