@@ -271,7 +271,8 @@ def _ti_problems(c: TrainConfig):
     if not words:
         yield ("--train_text_encoder_ti needs the identifier: --token_abstraction sks, or a --class_prompt that "
                "--instance_prompt extends (e.g. 'a photo of dog' and 'a photo of sks dog').")
-    missing = [w for w in words if c.instance_prompt and w not in c.instance_prompt.split()]
+    from .train.token_embedding import prompt_words
+    missing = [w for w in words if c.instance_prompt and w not in prompt_words(c.instance_prompt)]
     if missing:
         yield f"--token_abstraction {', '.join(missing)}: not a word of --instance_prompt '{c.instance_prompt}'."
 

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 EMBEDDINGS_DIR = "embeddings"
+PUNCTUATION = ".,;:!?()[]{}\"'"
 
 
 def identifier_words(instance_prompt: Optional[str], class_prompt: Optional[str],
@@ -30,8 +31,13 @@ def identifier_words(instance_prompt: Optional[str], class_prompt: Optional[str]
         return [w.strip() for w in token_abstraction.split(",") if w.strip()]
     if not instance_prompt or not class_prompt:
         return []
-    class_words = set(class_prompt.lower().split())
-    return [w for w in instance_prompt.split() if w.lower() not in class_words]
+    class_words = set(prompt_words(class_prompt.lower()))
+    return [w for w in prompt_words(instance_prompt) if w.lower() not in class_words]
+
+
+def prompt_words(prompt: str) -> list[str]:
+    # punctuation is not part of the identifier: "sks dog, smiling" adds "sks" and "smiling", not "dog,"
+    return [w for w in (w.strip(PUNCTUATION) for w in prompt.split()) if w]
 
 
 def identifier_token_ids(tokenizer, words: list[str]) -> list[int]:

@@ -47,6 +47,7 @@ def test_identifier_is_what_the_instance_prompt_adds_to_the_class_prompt():
     assert identifier_words("a photo of sks dog", "a photo of dog") == ["sks"]
     assert identifier_words("a photo of sks dog", "a photo of dog", "sks, dog") == ["sks", "dog"]
     assert identifier_words("a photo of sks dog", None) == []
+    assert identifier_words("a photo of sks dog, smiling.", "a photo of dog") == ["sks", "smiling"]
 
 
 def test_only_the_identifier_rows_get_gradients_and_the_others_read_the_table():
