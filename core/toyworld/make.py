@@ -67,7 +67,9 @@ def text_encoder_note(made: dict) -> str:
     if "text_encoder_steps" in made:
         return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of {CAPTIONS_PER_BATCH}"
                 f" captions against a latent image encoder, lr {c['text_encoder_lr']}, final contrastive loss"
-                f" {made['text_encoder_loss']}), then frozen")
+                f" {made['text_encoder_loss']}), then "
+                + (f"trained with the UNet at lr {c['text_encoder_joint_lr']}" if c.get("text_encoder_joint_lr")
+                   else "frozen"))
     if c.get("freeze_text_encoder"):
         return ", text encoder frozen (random, as built)"
     return ", token embeddings frozen (random)" if c.get("freeze_token_embeddings") else ""

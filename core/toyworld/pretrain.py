@@ -63,6 +63,9 @@ class PretrainConfig:
     text_encoder_steps: int = 0
     text_encoder_minutes: float = 0.0
     text_encoder_lr: float = 3e-3
+    # > 0: after that pretraining, keep training the encoder with the UNet at this lr instead of freezing
+    # it (the jointly trained shipped base binds DreamBooth's subject; the frozen one does not)
+    text_encoder_joint_lr: float = 0.0
 
     @property
     def contrastive_text_encoder(self) -> bool:
@@ -211,12 +214,16 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     text_encoder = build_text_encoder(config) if text_encoder is None else text_encoder
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
-    train_text = not (config.freeze_text_encoder or config.contrastive_text_encoder)
+    pretrained = config.contrastive_text_encoder
+    train_text = not config.freeze_text_encoder and (not pretrained or config.text_encoder_joint_lr > 0)
     text_encoder.requires_grad_(train_text)
     if config.freeze_token_embeddings:
         text_encoder.get_input_embeddings().requires_grad_(False)
-    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-2)
+    text_params = [p for p in text_encoder.parameters() if p.requires_grad]
+    params = list(unet.parameters()) + text_params
+    opt = torch.optim.AdamW([{"params": list(unet.parameters())},
+                             {"params": text_params, "lr": config.text_encoder_joint_lr if pretrained else config.unet_lr}],
+                            lr=config.unet_lr, weight_decay=1e-2)
     budget = StepBudget(config.unet_steps, config.unet_minutes)
     sched = cosine_lr_budget(opt, budget)
     gen = torch.Generator().manual_seed(config.seed + 1)

@@ -65,6 +65,17 @@ def test_a_pretrained_text_encoder_stays_frozen_while_the_unet_trains():
     assert loss > 0 and trained is encoder and all(torch.equal(v, before[k]) for k, v in trained.state_dict().items())
 
 
+def test_with_a_joint_lr_the_pretrained_encoder_trains_on_with_the_unet():
+    ids, latents = shape_captions_and_latents(8)
+    config = PretrainConfig(unet_steps=3, unet_batch_size=4, text_width=32, unet_channels=(32, 64), text_encoder_steps=1,
+                            text_encoder_joint_lr=1e-3)
+    encoder = build_text_encoder(config)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    _, trained, _, _, _ = train_denoiser(latents, ids, ids[0], config, log=lambda _: None, text_encoder=encoder)
+    changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > len(before) // 2
+
+
 def test_made_md_records_how_the_text_encoder_was_pretrained():
     import dataclasses
     from sksbooth.toyworld.make import made_md, parse
@@ -74,3 +85,5 @@ def test_made_md_records_how_the_text_encoder_was_pretrained():
             "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST", "text_encoder_steps": 700,
             "text_encoder_loss": 2.0}
     assert "CLIP-style (700 steps" in made_md(made) and "then frozen" in made_md(made)
+    made["config"]["text_encoder_joint_lr"] = 1e-4
+    assert "then trained with the UNet at lr 0.0001" in made_md(made)
