@@ -12,7 +12,7 @@ from .checkpoint import CONFIG_NAME
 
 def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None, text_encoder_2=None) -> Path:
     """The trained model: a diffusers folder (+ single file), or the LoRA file. SDXL when text_encoder_2 is given."""
-    if getattr(config, "train_text_encoder_ti", False):
+    if config.train_text_encoder_ti:
         merge_identifier_embeddings(parts, (text_encoder, text_encoder_2), config, out)
     if config.use_lora:
         return save_lora(unet, text_encoder, config, out, steps, text_encoder_2)

@@ -68,14 +68,14 @@ class TrainedTokenRows(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self.table(input_ids)
-        match = input_ids.unsqueeze(-1) == self.token_ids.to(input_ids.device)
+        match = input_ids.unsqueeze(-1) == self.token_ids  # the buffer moves with the module
         rows = self.rows[match.int().argmax(-1)].to(out.dtype)
         return torch.where(match.any(-1, keepdim=True), rows, out)
 
     @torch.no_grad()
     def merged(self) -> torch.nn.Embedding:
         """The plain table with the trained rows written into it."""
-        self.table.weight[self.token_ids.to(self.table.weight.device)] = self.rows.to(self.table.weight)
+        self.table.weight[self.token_ids] = self.rows.to(self.table.weight)
         return self.table
 
 
@@ -108,13 +108,11 @@ def save_embedding_files(out: Path, words: list[str], tokenizers: list, rows: li
     from safetensors.torch import save_file
     from ..fsutil import atomic_file
 
+    all_ids = [identifier_token_ids(tokenizer, words) for tokenizer in tokenizers]  # the order of `rows`
     paths = []
     for word in words:
-        vectors = []
-        for tokenizer, encoder_rows in zip(tokenizers, rows):
-            all_ids = identifier_token_ids(tokenizer, words)
-            vectors.append(torch.stack([encoder_rows[all_ids.index(t)]
-                                        for t in identifier_token_ids(tokenizer, [word])]).contiguous())
+        vectors = [torch.stack([encoder_rows[ids.index(t)] for t in identifier_token_ids(tokenizer, [word])])
+                   for tokenizer, encoder_rows, ids in zip(tokenizers, rows, all_ids)]
         tensors = {"emb_params": vectors[0]} if len(vectors) == 1 else {"clip_l": vectors[0], "clip_g": vectors[1]}
         target = out / EMBEDDINGS_DIR / f"{word}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
