@@ -66,7 +66,9 @@ def text_encoder_note(made: dict) -> str:
     c = made["config"]
     if "text_encoder_steps" in made:
         return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of {CAPTIONS_PER_BATCH}"
-                f" captions against a latent image encoder, lr {c['text_encoder_lr']}, final contrastive loss"
+                f" captions against a latent image encoder, caption vector: "
+                f"{'the end-of-text state' if c.get('text_encoder_pooling') == 'eos' else 'the mean state'},"
+                f" lr {c['text_encoder_lr']}, final contrastive loss"
                 f" {made['text_encoder_loss']}), then "
                 + (f"trained with the UNet at lr {c['text_encoder_joint_lr']}" if c.get("text_encoder_joint_lr")
                    else "frozen"))

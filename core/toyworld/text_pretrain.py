@@ -36,10 +36,16 @@ class LatentImageEncoder(nn.Module):
         return self.project(self.net(latents).mean(dim=(2, 3)))
 
 
-def caption_text_features(text_encoder, ids: torch.Tensor, project: nn.Module) -> torch.Tensor:
-    """Mean of the encoder's output states over all 77 positions: the UNet attends to every position,
-    so every one of them (the padding after the caption too) is taught to carry the caption."""
-    return project(text_encoder(ids)[0].mean(dim=1))
+POOLINGS = ("eos", "mean")
+
+
+def caption_text_features(text_encoder, ids: torch.Tensor, project: nn.Module, pooling: str) -> torch.Tensor:
+    """The caption's vector. "eos" is CLIP's: the state at the first end-of-text token, so the states
+    before it keep their own words (a word the world never uses, like DreamBooth's "sks", still changes
+    its own position's state). "mean" averages all 77 positions: every position, padding too, is taught
+    to carry the caption, and a word that says nothing of the image is averaged out of all of them."""
+    out = text_encoder(ids)
+    return project(out.pooler_output if pooling == "eos" else out[0].mean(dim=1))
 
 
 def same_caption_targets(ids: torch.Tensor) -> torch.Tensor:
@@ -58,7 +64,7 @@ def contrastive_loss(text: torch.Tensor, image: torch.Tensor, targets: torch.Ten
 
 
 def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor, budget, seed: int, log: Log,
-                          *, lr: float, batch_size: int = CAPTIONS_PER_BATCH, temperature: float = 0.07
+                          *, lr: float, pooling: str = "eos", batch_size: int = CAPTIONS_PER_BATCH, temperature: float = 0.07
                           ) -> tuple[int, float]:
     """Train `text_encoder` in place within `budget` (a StepBudget); returns (steps, final loss)."""
     from .pretrain import cosine_lr_budget
@@ -73,7 +79,7 @@ def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor
     while not budget.done(step):
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         batch_ids = ids[idx]
-        loss = contrastive_loss(caption_text_features(text_encoder, batch_ids, project), image_encoder(latents[idx]),
+        loss = contrastive_loss(caption_text_features(text_encoder, batch_ids, project, pooling), image_encoder(latents[idx]),
                                 same_caption_targets(batch_ids), temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()

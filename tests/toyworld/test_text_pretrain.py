@@ -3,11 +3,13 @@ images differ makes the encoder tell the captions apart (then the UNet stage lea
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
-from sksbooth.toyworld.pretrain import PretrainConfig, StepBudget, build_text_encoder, train_denoiser
-from sksbooth.toyworld.text_pretrain import contrastive_loss, pretrain_text_encoder, same_caption_targets
+from sksbooth.toyworld.pretrain import CaptionStates, PretrainConfig, StepBudget, build_text_encoder, train_denoiser
+from sksbooth.toyworld.text_pretrain import (caption_text_features, contrastive_loss, pretrain_text_encoder,
+                                             same_caption_targets)
 
 
 def test_same_caption_targets_share_the_weight_among_repeats():
@@ -39,21 +41,23 @@ def shape_captions_and_latents(count: int = 64):
     return ids, latents
 
 
-def state_similarity(text_encoder, ids) -> float:
+def pooled_similarity(text_encoder, ids, pooling: str) -> float:
     with torch.no_grad():
-        states = text_encoder(ids[:2])[0].flatten(1)
-    return F.cosine_similarity(states[0], states[1], dim=0).item()
+        features = caption_text_features(text_encoder, ids[:2], torch.nn.Identity(), pooling)
+    return F.cosine_similarity(features[0], features[1], dim=0).item()
 
 
-def test_pretraining_pulls_apart_captions_whose_images_differ():
+@pytest.mark.parametrize("pooling", ["eos", "mean"])
+def test_pretraining_pulls_apart_captions_whose_images_differ(pooling):
     ids, latents = shape_captions_and_latents()
     torch.manual_seed(0)
     encoder = build_text_encoder(PretrainConfig(text_width=32))
-    before = state_similarity(encoder, ids)
+    before = pooled_similarity(encoder, ids, pooling)
     steps, loss = pretrain_text_encoder(encoder, latents, ids, StepBudget(30, 0), seed=0, log=lambda _: None,
-                                        batch_size=16, lr=3e-3)
+                                        batch_size=16, lr=3e-3, pooling=pooling)
     assert steps == 30 and loss < torch.log(torch.tensor(16.0)).item()  # chance: all 16 alike
-    assert state_similarity(encoder.eval(), ids) < before - 0.1  # measured: 0.998 -> 0.846
+    # measured: eos 0.993 -> 0.241, mean 0.999 -> 0.814
+    assert pooled_similarity(encoder.eval(), ids, pooling) < before - 0.1
 
 
 def test_a_pretrained_text_encoder_stays_frozen_while_the_unet_trains():
@@ -85,5 +89,41 @@ def test_made_md_records_how_the_text_encoder_was_pretrained():
             "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST", "text_encoder_steps": 700,
             "text_encoder_loss": 2.0}
     assert "CLIP-style (700 steps" in made_md(made) and "then frozen" in made_md(made)
+    assert "caption vector: the mean state" in made_md(made)
+    made["config"]["text_encoder_pooling"] = "eos"
+    assert "caption vector: the end-of-text state" in made_md(made)
     made["config"]["text_encoder_joint_lr"] = 1e-4
     assert "then trained with the UNet at lr 0.0001" in made_md(made)
+
+
+def test_eos_pooling_reads_the_state_at_the_first_end_of_text_token():
+    ids, _ = shape_captions_and_latents(4)
+    torch.manual_seed(0)
+    encoder = build_text_encoder(PretrainConfig(text_width=32)).eval()
+    identity = torch.nn.Identity()
+    first_eos = (ids == encoder.config.eos_token_id).int().argmax(dim=1)
+    with torch.no_grad():
+        states = encoder(ids)[0]
+        eos = caption_text_features(encoder, ids, identity, "eos")
+        mean = caption_text_features(encoder, ids, identity, "mean")
+    assert first_eos.tolist() == [6, 6, 6, 6]  # <bos> a photo of a circle <eos>
+    assert torch.allclose(eos, states[torch.arange(4), first_eos], atol=1e-6)
+    assert torch.allclose(mean, states.mean(dim=1), atol=1e-6) and not torch.allclose(eos, mean, atol=1e-3)
+
+
+def test_a_frozen_encoders_states_are_computed_once_per_distinct_caption():
+    ids, _ = shape_captions_and_latents(8)
+    empty = ids[0].clone()
+    empty[2:] = ids[0, -1]  # <bos> <eos> <pad>...: the empty caption
+    torch.manual_seed(0)
+    encoder = build_text_encoder(PretrainConfig(text_width=32)).eval()
+    cache = CaptionStates(encoder, ids, empty, bf16=False)
+    with torch.no_grad():
+        assert len(cache.states) == 3  # circle, square and the empty caption
+        assert torch.allclose(cache.states[cache.index], encoder(ids)[0], atol=1e-5)
+        assert torch.allclose(cache.states[cache.empty], encoder(empty[None])[0][0], atol=1e-5)
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="text_encoder_pooling"):
+        PretrainConfig(text_encoder_pooling="max")
