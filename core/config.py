@@ -72,6 +72,7 @@ class TrainConfig:
     resolution: int = opt(512, "Training resolution (images are resized, then cropped to a square).")
     center_crop: bool = opt(False, "Center-crop instead of random-crop.")
     random_flip: bool = opt(False, "Randomly flip images horizontally.")
+    caption_dropout_rate: float = opt(0.0, "Train this fraction of images (instance and class alike) with an empty caption, as kohya's --caption_dropout_rate: the UNet keeps learning the unconditional prediction classifier-free guidance subtracts.")
     aspect_ratio_bucketing: bool = opt(False, "Keep each image's shape: train it at the bucket (a width x height of about resolution² pixels, sides multiples of --bucket_reso_steps, aspect 1:4 to 4:1) nearest its aspect ratio, one bucket per batch; class images are cropped to their instance image's bucket. kohya's --enable_bucket.")
     bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this many pixels (with --aspect_ratio_bucketing).")
     # --- what to train --------------------------------------------------------
@@ -230,6 +231,8 @@ def _train_problems(c: TrainConfig):
         yield "--train_text_encoder cannot be used with --pre_compute_text_embeddings."
     if c.train_text_encoder_ti:
         yield from _ti_problems(c)
+    if not 0 <= c.caption_dropout_rate < 1:
+        yield f"--caption_dropout_rate must be in [0, 1) (got {c.caption_dropout_rate})."
     if c.text_encoder_lr is not None and c.text_encoder_lr <= 0:
         yield f"--text_encoder_lr must be > 0 (got {c.text_encoder_lr})."
     positive = ("resolution", "train_batch_size", "sample_batch_size", "num_train_epochs",

@@ -119,6 +119,8 @@ def test_multiples_of_8_are_accepted(resolution):
     (dict(learning_rate=0.0), "--learning_rate > 0"),
     (dict(num_class_images=-1), "--num_class_images and --prior_loss_weight must be >= 0"),
     (dict(train_text_encoder=True, pre_compute_text_embeddings=True), "cannot be used with --pre_compute_text_embeddings"),
+    (dict(caption_dropout_rate=1.0), "--caption_dropout_rate must be in [0, 1)"),
+    (dict(caption_dropout_rate=-0.1), "--caption_dropout_rate must be in [0, 1)"),
 ])
 def test_other_invalid_values(kw, text):
     assert text in problems(**kw)

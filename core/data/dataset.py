@@ -22,13 +22,13 @@ class DreamBoothDataset(Dataset):
     def __init__(self, instance: ImageFolder, instance_prompt: str, resolution: int,
                  center_crop: bool = False, random_flip: bool = False,
                  class_folder: Optional[ImageFolder] = None, class_prompt: Optional[str] = None,
-                 seed: int = 0, sizes: Optional[list[tuple[int, int]]] = None):
+                 seed: int = 0, sizes: Optional[list[tuple[int, int]]] = None, caption_dropout_rate: float = 0.0):
         self.instance_images = list(instance.images)
         self.instance_captions = [instance.caption_for(p, instance_prompt) for p in self.instance_images]
         self.class_images = list(class_folder.images) if class_folder else []
         self.class_prompt = class_prompt
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
-        self.seed = seed
+        self.seed, self.caption_dropout_rate = seed, caption_dropout_rate
         self.epoch = 0
         # (width, height) each instance image is trained at: a square by default, its aspect
         # bucket with bucketing (data.buckets). A class image is resized to cover and cropped to
@@ -76,6 +76,10 @@ class DreamBoothDataset(Dataset):
             j = index % len(self.class_images)
             what, value, time_ids = self._image("class", j, self.class_images[j], size, rng)
             item.update({f"class_{what}": value, "class_prompt": self.class_prompt, "class_time_ids": time_ids})
+        if self.caption_dropout_rate:  # drawn after the images', so runs without dropout see the same flips
+            for kind in ("instance", "class") if self.class_images else ("instance",):
+                if rng.random() < self.caption_dropout_rate:
+                    item[f"{kind}_prompt"] = ""
         return item
 
 

@@ -132,7 +132,7 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
              if config.aspect_ratio_bucketing else None)
     dataset = DreamBoothDataset(instance, config.instance_prompt, config.resolution, config.center_crop,
                                 config.random_flip, ensure_class_images(config, accelerator, callbacks, stop),
-                                config.class_prompt, seed, sizes)
+                                config.class_prompt, seed, sizes, config.caption_dropout_rate)
 
     weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
     parts = load_components(config.pretrained_model_name_or_path, config.revision, config.variant, config.tokenizer_name,

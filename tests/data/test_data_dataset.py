@@ -80,3 +80,21 @@ def test_items_are_reproducible_for_a_seed_and_epoch(instance_dir):
     a = DreamBoothDataset(folder, "p", RES, center_crop=False, random_flip=True, seed=5)
     b = DreamBoothDataset(folder, "p", RES, center_crop=False, random_flip=True, seed=5)
     assert all(torch.equal(a[i]["instance_pixels"], b[i]["instance_pixels"]) for i in range(3))
+
+
+def test_caption_dropout_empties_about_that_share_of_captions_and_leaves_the_images(tmp_path, instance_dir):
+    classes = class_dir(tmp_path, 40)
+
+    def dataset(rate):
+        return DreamBoothDataset(scan_image_folder(instance_dir, "instance"), "a photo of sks dog", RES,
+                                 random_flip=True, seed=1, class_folder=scan_image_folder(classes, "class"),
+                                 class_prompt="a photo of dog", caption_dropout_rate=rate)
+    plain, dropped = dataset(0.0), dataset(0.25)
+    items = [dropped[i] for i in range(len(dropped))]
+    empty = sum(item[f"{kind}_prompt"] == "" for item in items for kind in ("instance", "class"))
+    assert 8 <= empty <= 32  # 80 captions at 0.25: 20 expected
+    assert all(item[f"{kind}_prompt"] in ("", expected) for item in items
+               for kind, expected in (("instance", "a photo of sks dog"), ("class", "a photo of dog")))
+    assert all(plain[i]["class_prompt"] == "a photo of dog" for i in range(len(plain)))
+    # the same flips and crops with or without dropout
+    assert all(torch.equal(plain[i]["instance_pixels"], items[i]["instance_pixels"]) for i in range(len(plain)))
