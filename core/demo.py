@@ -48,6 +48,9 @@ def demo_config(out: Path, base: Path, subject: Path, steps: int, prior: bool = 
         instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT, with_prior_preservation=prior,
         num_class_images=16, sample_batch_size=16, resolution=64, train_batch_size=2, max_train_steps=steps,
         learning_rate=1e-3, lr_warmup_steps=0, seed=0, train_text_encoder=False, mixed_precision="no",
+        # the average of the last ~100 steps' weights: same subject recognition over seeds 0-6 as the last
+        # weights (61% vs 62%), class-prompt DIV 13% below the base's instead of 21% (QUALITY.md)
+        use_ema=True, ema_decay=0.99,
         checkpointing_steps=steps, checkpoints_total_limit=1, save_single_file=False,
         validation_prompt=f"{INSTANCE_PROMPT} on a green background|{CLASS_PROMPT}", num_validation_images=4,
         validation_steps=max(1, steps // 2), num_validation_inference_steps=20)
