@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .text_pretrain import POOLINGS
 from .world import make_dataset
 
 Log = Callable[[str], None]
@@ -77,8 +78,8 @@ class PretrainConfig:
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"--mixed_precision must be 'no' or 'bf16', not {self.mixed_precision!r}")
-        if self.text_encoder_pooling not in ("eos", "mean"):
-            raise ValueError(f"--text_encoder_pooling must be 'eos' or 'mean', not {self.text_encoder_pooling!r}")
+        if self.text_encoder_pooling not in POOLINGS:
+            raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
 
 def build_vae(config: PretrainConfig):

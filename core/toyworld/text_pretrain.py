@@ -64,7 +64,7 @@ def contrastive_loss(text: torch.Tensor, image: torch.Tensor, targets: torch.Ten
 
 
 def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor, budget, seed: int, log: Log,
-                          *, lr: float, pooling: str = "eos", batch_size: int = CAPTIONS_PER_BATCH, temperature: float = 0.07
+                          *, lr: float, pooling: str, batch_size: int = CAPTIONS_PER_BATCH, temperature: float = 0.07
                           ) -> tuple[int, float]:
     """Train `text_encoder` in place within `budget` (a StepBudget); returns (steps, final loss)."""
     from .pretrain import cosine_lr_budget
