@@ -249,16 +249,15 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     losses, step = [], 0
     while not budget.done(step):
         idx = torch.randint(len(latents), (config.unet_batch_size,), generator=gen)
-        x0, tokens = latents[idx], ids[idx].clone()
+        x0 = latents[idx]
         dropped = torch.rand(len(idx), generator=gen) < config.caption_dropout
-        tokens[dropped] = empty_ids
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         with torch.autocast("cpu", torch.bfloat16, enabled=config.mixed_precision == "bf16"):
             if cache is not None:
                 states = cache.states[torch.where(dropped, cache.empty, cache.index[idx])]
             else:
-                states = text_encoder(tokens)[0]
+                states = text_encoder(torch.where(dropped[:, None], empty_ids, ids[idx]))[0]
             pred = unet(scheduler.add_noise(x0, noise, t), t, states).sample
         per_sample = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weights(scheduler, t, config.snr_gamma, config.loss_weighting, config.snr_floor)).mean()
