@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .text_pretrain import POOLINGS
-from .world import make_dataset
+from .world import make_dataset, random_colour_images
 
 Log = Callable[[str], None]
 
@@ -35,6 +35,10 @@ class PretrainConfig:
     vae_lr: float = 3e-3
     vae_channels: tuple[int, ...] = (32, 64, 64)
     kl_weight: float = 1e-6
+    # the share of the VAE's training pictures drawn in any RGB colours (world.random_colour_image), so that
+    # it encodes colours the world never names, as SD's VAE does; trained on the palette alone it decoded
+    # the DreamBooth subject's orange and cyan as green and blue, which no fine-tuning could undo
+    vae_random_colour_share: float = 0.0
     unet_steps: int = 0  # 0: as many as fit in unet_minutes
     unet_minutes: float = 30.0
     unet_batch_size: int = 32
@@ -78,6 +82,8 @@ class PretrainConfig:
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"--mixed_precision must be 'no' or 'bf16', not {self.mixed_precision!r}")
+        if not 0 <= self.vae_random_colour_share < 1:
+            raise ValueError(f"--vae_random_colour_share must be in [0, 1), not {self.vae_random_colour_share}")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
@@ -186,6 +192,13 @@ def train_vae(images: np.ndarray, config: PretrainConfig, log: Log):
     return vae.eval().requires_grad_(False), step
 
 
+def vae_pictures(images: np.ndarray, config: PretrainConfig) -> np.ndarray:
+    """The world's images plus random-colour pictures making up `vae_random_colour_share` of the whole."""
+    share = config.vae_random_colour_share
+    extra = round(len(images) * share / (1 - share))
+    return np.concatenate([images, random_colour_images(extra, config.seed)]) if extra else images
+
+
 @torch.no_grad()
 def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     """Posterior means of all images, scaled to unit variance; sets the VAE's scaling_factor to match."""
@@ -287,7 +300,7 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
     torch.manual_seed(config.seed)
     images, captions, _ = make_dataset(config.num_images, config.seed)
     log(f"world: {len(images)} images in {time.monotonic() - started:.0f} s")
-    vae, vae_steps = train_vae(images, config, log)
+    vae, vae_steps = train_vae(vae_pictures(images, config), config, log)
     latents = encode_latents(vae, images)
     vae_minutes = (time.monotonic() - started) / 60
     with tempfile.TemporaryDirectory() as tmp:

@@ -126,3 +126,35 @@ def subject_images(count: int = 5, seed: int = 0, backgrounds: tuple[str, ...] =
     rng = random.Random(10_000 + seed)
     return [render(random_scene(rng, SUBJECT, background=backgrounds[i % len(backgrounds)]), rng)
             for i in range(count)]
+
+
+def random_colour_image(rng: random.Random) -> Image.Image:
+    """A picture of flat shapes in any RGB colours (not the world's palette): bands, boxes, dots, ovals and
+    triangles on a plain ground. The VAE learns from these beside the world's images so that, like SD's
+    VAE, it can encode colours and patterns the world never names; trained on the palette alone it
+    decoded the subject's orange and cyan as the palette's green and blue. The UNet never sees them."""
+    def colour() -> tuple[int, int, int]:
+        return tuple(rng.randint(0, 255) for _ in range(3))
+
+    im = Image.new("RGB", (SIZE, SIZE), colour())
+    d = ImageDraw.Draw(im)
+    for _ in range(rng.randint(1, 6)):
+        w, h = rng.uniform(2, 0.8 * SIZE), rng.uniform(2, 0.8 * SIZE)
+        x, y = rng.uniform(0, SIZE - w), rng.uniform(0, SIZE - h)
+        kind = rng.choice(("box", "oval", "triangle", "bands"))
+        if kind == "box":
+            d.rectangle((x, y, x + w, y + h), fill=colour())
+        elif kind == "oval":
+            d.ellipse((x, y, x + w, y + h), fill=colour())
+        elif kind == "triangle":
+            d.polygon([(x + rng.uniform(0, w), y), (x, y + h), (x + w, y + h)], fill=colour())
+        else:
+            fill, band = colour(), max(1.0, h / rng.randint(3, 8))
+            for k in range(rng.randint(2, 4)):
+                d.rectangle((x, y + 2 * k * band, x + w, y + (2 * k + 1) * band), fill=fill)
+    return im
+
+
+def random_colour_images(count: int, seed: int = 0) -> np.ndarray:
+    rng = random.Random(20_000 + seed)
+    return np.stack([np.asarray(random_colour_image(rng)) for _ in range(count)])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from sksbooth.models.load import load_components
-from sksbooth.toyworld.pretrain import PretrainConfig, StepBudget, build_scheduler, loss_weights, pretrain
+from sksbooth.toyworld.pretrain import (PretrainConfig, StepBudget, build_scheduler, loss_weights, pretrain,
+                                       vae_pictures)
+from sksbooth.toyworld.world import make_dataset
 
 
 def test_pretrain_writes_a_loadable_fp16_pipeline(tmp_path):
@@ -82,3 +85,12 @@ def test_the_command_line_reads_boolean_options():
     assert parse(["dest"])[1].freeze_token_embeddings is False
     assert parse(["dest", "--freeze_token_embeddings"])[1].freeze_token_embeddings is True
     assert parse(["dest", "--no-freeze_token_embeddings"])[1].freeze_token_embeddings is False
+
+
+def test_the_vae_learns_from_random_colour_pictures_beside_the_world():
+    images, _, _ = make_dataset(30, seed=0)
+    assert vae_pictures(images, PretrainConfig()) is images  # off by default
+    mixed = vae_pictures(images, PretrainConfig(vae_random_colour_share=0.25))
+    assert len(mixed) == 40 and np.array_equal(mixed[:30], images)
+    with pytest.raises(ValueError, match="vae_random_colour_share"):
+        PretrainConfig(vae_random_colour_share=1.0)

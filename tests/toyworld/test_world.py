@@ -6,7 +6,8 @@ import random
 
 import numpy as np
 
-from sksbooth.toyworld.world import COLOURS, SUBJECT, make_dataset, random_scene, render, subject_images
+from sksbooth.toyworld.world import (COLOURS, SUBJECT, SUBJECT_BODY, SUBJECT_HEAD, make_dataset, random_colour_images,
+                                    random_scene, render, subject_images)
 
 
 def test_same_seed_same_world_other_seed_other_world():
@@ -47,3 +48,16 @@ def test_subject_is_not_in_the_world():
     assert (np.abs(pixels - (250, 140, 20)).sum(1) < 30).any() and (np.abs(pixels - (30, 200, 210)).sum(1) < 30).any()
     world_pixels = np.asarray(render(random_scene(random.Random(0), "toy"), random.Random(0))).reshape(-1, 3).astype(int)
     assert not (np.abs(world_pixels - (250, 140, 20)).sum(1) < 30).any()
+
+
+def test_random_colour_pictures_span_colours_beyond_the_palette():
+    a, b = random_colour_images(40, seed=0), random_colour_images(40, seed=0)
+    assert a.shape == (40, 64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, random_colour_images(40, seed=1))
+    pixels = a.reshape(-1, 3).astype(int)
+    palette = np.array(list(COLOURS.values()))
+    nearest_palette = np.abs(pixels[:, None] - palette[None]).sum(-1).min(1)
+    assert (nearest_palette > 60).mean() > 0.5  # mostly colours the world never draws
+    # and near the subject's orange and cyan somewhere, without ever drawing the subject
+    for rgb in (SUBJECT_BODY, SUBJECT_HEAD):
+        assert (np.abs(pixels - rgb).sum(1) < 60).any()
