@@ -77,6 +77,11 @@ def text_encoder_note(made: dict) -> str:
     return ", token embeddings frozen (random)" if c.get("freeze_token_embeddings") else ""
 
 
+def vae_note(c: dict) -> str:
+    share = c.get("vae_random_colour_share", 0.0)
+    return f", {share:.0%} of its pictures flat shapes in random RGB colours" if share else ", world images only"
+
+
 def made_md(made: dict) -> str:
     c, s = made["config"], made.get("base_scores") or {"shape": float("nan"), "colour": float("nan"),
                                                             "background": float("nan")}
@@ -90,7 +95,7 @@ judge (`sksbooth.toyworld.checker`).
 - command: `{made['command']}`
 - seed: {c['seed']}; {c['num_images']} world images
 - time: {made['minutes']} min in all ({made['vae_minutes']} min world + VAE + latent cache), on 2 CPU cores
-- VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops (bf16 autocast)
+- VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops (bf16 autocast){vae_note(c)}
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),

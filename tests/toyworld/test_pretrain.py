@@ -94,3 +94,14 @@ def test_the_vae_learns_from_random_colour_pictures_beside_the_world():
     assert len(mixed) == 40 and np.array_equal(mixed[:30], images)
     with pytest.raises(ValueError, match="vae_random_colour_share"):
         PretrainConfig(vae_random_colour_share=1.0)
+
+
+def test_made_md_says_what_the_vae_learned_from():
+    import dataclasses
+    from sksbooth.toyworld.make import made_md, parse
+    _, config, _ = parse(["dest", "--vae_random_colour_share", "0.5"])
+    made = {"config": dataclasses.asdict(config), "minutes": 40.0, "vae_minutes": 9.0, "vae_steps": 1, "unet_steps": 2,
+            "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST"}
+    assert "50% of its pictures flat shapes in random RGB colours" in made_md(made)
+    made["config"]["vae_random_colour_share"] = 0.0
+    assert "world images only" in made_md(made)
