@@ -1,0 +1,87 @@
+"""`python -m sksbooth.toyworld.vae_refit BASE DEST`: teach a toy-world base's VAE colours the world never
+names, without moving the latents its UNet was trained on.
+
+A VAE trained on the world's palette alone decodes the DreamBooth subject's orange and cyan as green and
+blue, so fine-tuning can bind the subject's form but never its colours. This fine-tunes the VAE on half
+world images, half random-colour pictures (world.random_colour_images), with an extra loss that keeps the
+encoder's latents of world images where the original encoder put them: the UNet and text encoder of the
+base stay valid as they are, as SD's VAE decoder fine-tunes keep SD usable. DEST is BASE with the new VAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from .pretrain import Log, to_pixels
+from .world import make_dataset, random_colour_images
+
+
+def refit_loss(vae, original, world: torch.Tensor, pictures: torch.Tensor, keep_weight: float,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction (MSE + L1) of both halves, plus keep_weight x the drift of the world half's latents
+    (in the UNet's scaled units). Returns (loss, drift)."""
+    x, scale = torch.cat([world, pictures]), original.config.scaling_factor
+    with torch.autocast("cpu", torch.bfloat16):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample.float()
+        with torch.no_grad():
+            kept = original.encode(world).latent_dist.mean.float()
+    drift = F.mse_loss(posterior.mean[:len(world)].float() * scale, kept * scale)
+    loss = F.mse_loss(recon, x) + F.l1_loss(recon, x) + 1e-6 * posterior.kl().float().mean() + keep_weight * drift
+    return loss, drift
+
+
+def refit_vae(original, steps: int = 1200, batch_size: int = 32, lr: float = 1e-3, keep_weight: float = 1.0,
+              num_images: int = 20_000, seed: int = 0, log: Log = print):
+    """A copy of `original` fine-tuned as the module says; `original` is left as it was."""
+    original = original.float().eval().requires_grad_(False)
+    vae = copy.deepcopy(original).train().requires_grad_(True)
+    world, _, _ = make_dataset(num_images, seed)
+    pictures = random_colour_images(num_images, seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen, half = torch.Generator().manual_seed(seed), batch_size // 2
+    for step in range(steps):
+        pick = lambda images: to_pixels(images[torch.randint(len(images), (half,), generator=gen).numpy()])  # noqa: E731
+        oy, ox = torch.randint(0, 33, (2,), generator=gen).tolist()  # one 32x32 crop for the batch, as pretraining
+        crop = lambda x: x[:, :, oy:oy + 32, ox:ox + 32]  # noqa: E731
+        loss, drift = refit_loss(vae, original, crop(pick(world)), crop(pick(pictures)), keep_weight, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae refit step {step}: loss {loss.item():.4f}, world latent drift {drift.item():.4f}")
+    return vae.eval().requires_grad_(False)
+
+
+def main(argv=None) -> int:
+    from diffusers import AutoencoderKL
+    from ..fsutil import atomic_dir
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("base", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--keep_weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    vae = refit_vae(AutoencoderKL.from_pretrained(str(args.base / "vae")), steps=args.steps,
+                    keep_weight=args.keep_weight, seed=args.seed)
+    with atomic_dir(args.dest) as tmp:
+        shutil.copytree(args.base, tmp, dirs_exist_ok=True)
+        shutil.rmtree(Path(tmp) / "vae")
+        vae.to(torch.float16).save_pretrained(Path(tmp) / "vae", safe_serialization=True)
+    print(f"{args.dest}: {args.base} with the refitted VAE")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
