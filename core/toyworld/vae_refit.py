@@ -38,6 +38,13 @@ def refit_loss(vae, original, world: torch.Tensor, pictures: torch.Tensor, keep_
     return loss, drift
 
 
+def cropped_batches(sources, count: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """`count` random images of each source, all cut to one random 32x32 crop (as the VAE's pretraining)."""
+    batches = [to_pixels(images[torch.randint(len(images), (count,), generator=gen).numpy()]) for images in sources]
+    oy, ox = torch.randint(0, 33, (2,), generator=gen).tolist()
+    return [x[:, :, oy:oy + 32, ox:ox + 32] for x in batches]
+
+
 def refit_vae(original, steps: int = 1200, batch_size: int = 32, lr: float = 1e-3, keep_weight: float = 1.0,
               num_images: int = 20_000, seed: int = 0, log: Log = print):
     """A copy of `original` fine-tuned as the module says; `original` is left as it was."""
@@ -50,10 +57,7 @@ def refit_vae(original, steps: int = 1200, batch_size: int = 32, lr: float = 1e-
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     gen, half = torch.Generator().manual_seed(seed), batch_size // 2
     for step in range(steps):
-        pick = lambda images: to_pixels(images[torch.randint(len(images), (half,), generator=gen).numpy()])  # noqa: E731
-        oy, ox = torch.randint(0, 33, (2,), generator=gen).tolist()  # one 32x32 crop for the batch, as pretraining
-        crop = lambda x: x[:, :, oy:oy + 32, ox:ox + 32]  # noqa: E731
-        loss, drift = refit_loss(vae, original, crop(pick(world)), crop(pick(pictures)), keep_weight, gen)
+        loss, drift = refit_loss(vae, original, *cropped_batches((world, pictures), half, gen), keep_weight, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
