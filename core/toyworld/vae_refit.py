@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import shutil
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from .pretrain import Log, to_pixels
+from .pretrain import Log, StepBudget, cosine_lr_budget, cropped_batches, vae_loss
 from .world import make_dataset, random_colour_images
 
 
@@ -34,15 +33,8 @@ def refit_loss(vae, original, world: torch.Tensor, pictures: torch.Tensor, keep_
         with torch.no_grad():
             kept = original.encode(world).latent_dist.mean.float()
     drift = F.mse_loss(posterior.mean[:len(world)].float() * scale, kept * scale)
-    loss = F.mse_loss(recon, x) + F.l1_loss(recon, x) + 1e-6 * posterior.kl().float().mean() + keep_weight * drift
+    loss = vae_loss(recon, x, posterior, kl_weight=1e-6) + keep_weight * drift
     return loss, drift
-
-
-def cropped_batches(sources, count: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """`count` random images of each source, all cut to one random 32x32 crop (as the VAE's pretraining)."""
-    batches = [to_pixels(images[torch.randint(len(images), (count,), generator=gen).numpy()]) for images in sources]
-    oy, ox = torch.randint(0, 33, (2,), generator=gen).tolist()
-    return [x[:, :, oy:oy + 32, ox:ox + 32] for x in batches]
 
 
 def refit_vae(original, steps: int = 1200, batch_size: int = 32, lr: float = 1e-3, keep_weight: float = 1.0,
@@ -53,8 +45,7 @@ def refit_vae(original, steps: int = 1200, batch_size: int = 32, lr: float = 1e-
     world, _, _ = make_dataset(num_images, seed)
     pictures = random_colour_images(num_images, seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = cosine_lr_budget(opt, StepBudget(steps, 0), warmup=50)
     gen, half = torch.Generator().manual_seed(seed), batch_size // 2
     for step in range(steps):
         loss, drift = refit_loss(vae, original, *cropped_batches((world, pictures), half, gen), keep_weight, gen)

@@ -28,7 +28,7 @@ def test_the_drift_term_measures_how_far_world_latents_moved():
     assert none.item() < 1e-4 < some.item()
 
 
-def test_refit_trains_a_copy_and_keeps_the_world_latents(tmp_path):
+def test_refit_trains_a_copy_and_keeps_the_world_latents():
     original = small_vae()
     before = {k: v.clone() for k, v in original.state_dict().items()}
     logged = []
