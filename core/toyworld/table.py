@@ -1,6 +1,6 @@
 """`python -m sksbooth.toyworld.table OUT`: the toy world's version of the paper's Tables 1 and 3.
 
-Scores the shipped base, then DreamBooth on it with and without prior preservation (the demo's
+Scores the shipped base (or `--base DIR`), then DreamBooth on it with and without prior preservation (the demo's
 settings), with the world's checker, and writes OUT/table.md. A 300-step fine-tune on five photos is
 sensitive to its seed, so each DreamBooth row is the mean over several training seeds (`--seeds`),
 with the per-seed subject recognition beside it.
@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the demo's)")
     p.add_argument("--per_prompt", type=int, default=16)
+    p.add_argument("--base", type=Path, default=None,
+                   help="a toy-world base folder to score instead of the shipped one (e.g. a vae_refit output)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(7)),
                    help="training seeds to average over (three were too few: their mean was 78%%, seven's 62%%)")
     args = p.parse_args(argv)
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     from .quality import score_base, score_dreambooth
     from .report import load_images, table
     started, steps = time.monotonic(), args.steps or DEMO_STEPS
-    base, checker = base_path(), load_shipped_checker()
+    base, checker = args.base or base_path(), load_shipped_checker()
     subject = make_subject_images(args.out / "subject")
     real = load_images(subject)
     base_pipe = load_pipeline(base)
