@@ -78,8 +78,10 @@ def text_encoder_note(made: dict) -> str:
 
 
 def vae_note(c: dict) -> str:
-    share = c.get("vae_random_colour_share", 0.0)
-    return f", {share:.0%} of its pictures flat shapes in random RGB colours" if share else ", world images only"
+    share, refit = c.get("vae_random_colour_share", 0.0), c.get("vae_refit_steps", 0)
+    note = f", {share:.0%} of its pictures flat shapes in random RGB colours" if share else ", world images only"
+    return note + (f"; after the UNet, refit for {refit} steps on world and random-colour pictures, its world"
+                   f" latents kept where the UNet learned them" if refit else "")
 
 
 def made_md(made: dict) -> str:

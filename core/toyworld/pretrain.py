@@ -39,6 +39,10 @@ class PretrainConfig:
     # it encodes colours the world never names, as SD's VAE does; trained on the palette alone it decoded
     # the DreamBooth subject's orange and cyan as green and blue, which no fine-tuning could undo
     vae_random_colour_share: float = 0.0
+    # > 0: after the UNet has trained, refit the VAE for this many steps on world and random-colour pictures,
+    # keeping its world latents where the UNet learned them (sksbooth.toyworld.vae_refit): the shipped base's
+    # last stage, which made its VAE decode the subject's cyan as cyan instead of blue
+    vae_refit_steps: int = 0
     unet_steps: int = 0  # 0: as many as fit in unet_minutes
     unet_minutes: float = 30.0
     unet_batch_size: int = 32
@@ -326,6 +330,10 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
         text = {"text_encoder_steps": steps, "text_encoder_loss": round(loss, 4)}
     unet, text_encoder, scheduler, final_loss, unet_steps = train_denoiser(latents, ids, empty, config, log,
                                                                            text_encoder)
+    if config.vae_refit_steps:
+        from .vae_refit import refit_vae
+        vae = refit_vae(vae, steps=config.vae_refit_steps, batch_size=config.vae_batch_size,
+                        num_images=config.num_images, seed=config.seed, log=log)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=sampling_scheduler(scheduler), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).to(torch.float16)

@@ -67,13 +67,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--keep_weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_images", type=int, default=20_000, help="world images and random-colour pictures each")
     args = p.parse_args(argv)
     vae = refit_vae(AutoencoderKL.from_pretrained(str(args.base / "vae")), steps=args.steps,
-                    keep_weight=args.keep_weight, seed=args.seed)
+                    keep_weight=args.keep_weight, num_images=args.num_images, seed=args.seed)
     with atomic_dir(args.dest) as tmp:
         shutil.copytree(args.base, tmp, dirs_exist_ok=True)
         shutil.rmtree(Path(tmp) / "vae")
         vae.to(torch.float16).save_pretrained(Path(tmp) / "vae", safe_serialization=True)
+        # only the weights change: the base's config, without the load path diffusers would add to it
+        shutil.copy2(args.base / "vae" / "config.json", Path(tmp) / "vae" / "config.json")
     print(f"{args.dest}: {args.base} with the refitted VAE")
     return 0
 

@@ -104,4 +104,18 @@ def test_made_md_says_what_the_vae_learned_from():
             "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST"}
     assert "50% of its pictures flat shapes in random RGB colours" in made_md(made)
     made["config"]["vae_random_colour_share"] = 0.0
-    assert "world images only" in made_md(made)
+    assert "world images only" in made_md(made) and "refit" not in made_md(made)
+    made["config"]["vae_refit_steps"] = 1200
+    assert "refit for 1200 steps" in made_md(made)
+
+
+def test_the_vae_refit_stage_changes_the_vae_and_nothing_else(tmp_path):
+    tiny = dict(num_images=16, vae_steps=2, vae_batch_size=4, unet_steps=2, unet_batch_size=4, text_width=32,
+                unet_channels=(32, 64))
+    logged = []
+    pretrain(tmp_path / "plain", PretrainConfig(**tiny), log=lambda _: None)
+    pretrain(tmp_path / "refit", PretrainConfig(**tiny, vae_refit_steps=2), log=logged.append)
+    same = lambda part, name: (tmp_path / "plain" / part / name).read_bytes() == (tmp_path / "refit" / part / name).read_bytes()  # noqa: E731
+    assert same("unet", "diffusion_pytorch_model.safetensors") and same("text_encoder", "model.safetensors")
+    assert not same("vae", "diffusion_pytorch_model.safetensors")
+    assert any("vae refit step 1" in line for line in logged)

@@ -50,6 +50,7 @@ def test_the_command_writes_the_base_with_the_new_vae(tmp_path):
     small_vae().save_pretrained(base / "vae")
     (base / "unet").mkdir()
     (base / "unet" / "config.json").write_text("{}")
-    assert main([str(base), str(tmp_path / "dest"), "--steps", "1"]) == 0
+    assert main([str(base), str(tmp_path / "dest"), "--steps", "1", "--num_images", "8"]) == 0
     assert (tmp_path / "dest" / "unet" / "config.json").is_file()
     assert (tmp_path / "dest" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "dest" / "vae" / "config.json").read_text() == (base / "vae" / "config.json").read_text()
