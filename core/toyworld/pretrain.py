@@ -86,6 +86,8 @@ class PretrainConfig:
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"--mixed_precision must be 'no' or 'bf16', not {self.mixed_precision!r}")
+        if self.vae_refit_steps < 0:
+            raise ValueError(f"--vae_refit_steps must be 0 (no refit) or more, not {self.vae_refit_steps}")
         if not 0 <= self.vae_random_colour_share < 1:
             raise ValueError(f"--vae_random_colour_share must be in [0, 1), not {self.vae_random_colour_share}")
         if self.text_encoder_pooling not in POOLINGS:

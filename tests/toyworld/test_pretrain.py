@@ -94,6 +94,8 @@ def test_the_vae_learns_from_random_colour_pictures_beside_the_world():
     assert len(mixed) == 40 and np.array_equal(mixed[:30], images)
     with pytest.raises(ValueError, match="vae_random_colour_share"):
         PretrainConfig(vae_random_colour_share=1.0)
+    with pytest.raises(ValueError, match="vae_refit_steps"):
+        PretrainConfig(vae_refit_steps=-1)
 
 
 def test_made_md_says_what_the_vae_learned_from():
@@ -115,7 +117,10 @@ def test_the_vae_refit_stage_changes_the_vae_and_nothing_else(tmp_path):
     logged = []
     pretrain(tmp_path / "plain", PretrainConfig(**tiny), log=lambda _: None)
     pretrain(tmp_path / "refit", PretrainConfig(**tiny, vae_refit_steps=2), log=logged.append)
-    same = lambda part, name: (tmp_path / "plain" / part / name).read_bytes() == (tmp_path / "refit" / part / name).read_bytes()  # noqa: E731
+
+    def same(part: str, name: str) -> bool:
+        return (tmp_path / "plain" / part / name).read_bytes() == (tmp_path / "refit" / part / name).read_bytes()
+
     assert same("unet", "diffusion_pytorch_model.safetensors") and same("text_encoder", "model.safetensors")
     assert not same("vae", "diffusion_pytorch_model.safetensors")
     assert any("vae refit step 1" in line for line in logged)
