@@ -334,8 +334,8 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
                                                                            text_encoder)
     if config.vae_refit_steps:
         from .vae_refit import refit_vae
-        vae = refit_vae(vae, steps=config.vae_refit_steps, batch_size=config.vae_batch_size,
-                        num_images=config.num_images, seed=config.seed, log=log)
+        vae = refit_vae(vae, images, steps=config.vae_refit_steps, batch_size=config.vae_batch_size,
+                        seed=config.seed, log=log)  # the world already rendered above
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=sampling_scheduler(scheduler), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).to(torch.float16)

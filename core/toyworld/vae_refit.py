@@ -15,6 +15,7 @@ import copy
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -37,13 +38,13 @@ def refit_loss(vae, original, world: torch.Tensor, pictures: torch.Tensor, keep_
     return loss, drift
 
 
-def refit_vae(original, steps: int = 1200, batch_size: int = 32, lr: float = 1e-3, keep_weight: float = 1.0,
-              num_images: int = 20_000, seed: int = 0, log: Log = print):
-    """A copy of `original` fine-tuned as the module says; `original` is left as it was."""
+def refit_vae(original, world: np.ndarray, steps: int = 1200, batch_size: int = 32, lr: float = 1e-3,
+              keep_weight: float = 1.0, seed: int = 0, log: Log = print):
+    """A copy of `original` fine-tuned as the module says on `world` (uint8 world images, N x 64 x 64 x 3) and as
+    many random-colour pictures; `original` is left as it was."""
     original = original.float().eval().requires_grad_(False)
     vae = copy.deepcopy(original).train().requires_grad_(True)
-    world, _, _ = make_dataset(num_images, seed)
-    pictures = random_colour_images(num_images, seed)
+    pictures = random_colour_images(len(world), seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0)
     sched = cosine_lr_budget(opt, StepBudget(steps, 0), warmup=50)
     gen, half = torch.Generator().manual_seed(seed), batch_size // 2
@@ -69,8 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_images", type=int, default=20_000, help="world images and random-colour pictures each")
     args = p.parse_args(argv)
-    vae = refit_vae(AutoencoderKL.from_pretrained(str(args.base / "vae")), steps=args.steps,
-                    keep_weight=args.keep_weight, num_images=args.num_images, seed=args.seed)
+    world, _, _ = make_dataset(args.num_images, args.seed)
+    vae = refit_vae(AutoencoderKL.from_pretrained(str(args.base / "vae")), world, steps=args.steps,
+                    keep_weight=args.keep_weight, seed=args.seed)
     with atomic_dir(args.dest) as tmp:
         shutil.copytree(args.base, tmp, dirs_exist_ok=True)
         shutil.rmtree(Path(tmp) / "vae")

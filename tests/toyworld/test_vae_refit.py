@@ -32,8 +32,8 @@ def test_refit_trains_a_copy_and_keeps_the_world_latents():
     original = small_vae()
     before = {k: v.clone() for k, v in original.state_dict().items()}
     logged = []
-    kept = refit_vae(original, steps=4, batch_size=4, num_images=8, keep_weight=100.0, log=logged.append)
-    free = refit_vae(original, steps=4, batch_size=4, num_images=8, keep_weight=0.0, log=lambda _: None)
+    kept = refit_vae(original, make_dataset(8, seed=0)[0], steps=4, batch_size=4, keep_weight=100.0, log=logged.append)
+    free = refit_vae(original, make_dataset(8, seed=0)[0], steps=4, batch_size=4, keep_weight=0.0, log=lambda _: None)
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the original is untouched
     assert any(not torch.equal(before[k], v) for k, v in kept.state_dict().items())
     world = to_pixels(make_dataset(8, seed=0)[0])
