@@ -78,6 +78,10 @@ class PretrainConfig:
     # > 0: after that pretraining, keep training the encoder with the UNet at this lr instead of freezing
     # it (the jointly trained shipped base binds DreamBooth's subject; the frozen one does not)
     text_encoder_joint_lr: float = 0.0
+    # > 0: while the encoder trains with the UNet, also make each position's state name its own caption word
+    # (sksbooth.toyworld.token_loss), weighted thus against the denoising loss, so the encoder cannot merge
+    # two shape words into one state
+    text_token_loss_weight: float = 0.0
 
     @property
     def contrastive_text_encoder(self) -> bool:
@@ -90,6 +94,10 @@ class PretrainConfig:
             raise ValueError(f"--vae_refit_steps must be 0 (no refit) or more, not {self.vae_refit_steps}")
         if not 0 <= self.vae_random_colour_share < 1:
             raise ValueError(f"--vae_random_colour_share must be in [0, 1), not {self.vae_random_colour_share}")
+        if self.text_token_loss_weight < 0:
+            raise ValueError(f"--text_token_loss_weight must be 0 (off) or more, not {self.text_token_loss_weight}")
+        if self.text_token_loss_weight > 0 and self.freeze_text_encoder:
+            raise ValueError("--text_token_loss_weight trains the text encoder; it cannot go with --freeze_text_encoder")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
@@ -266,6 +274,11 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     if config.freeze_token_embeddings:
         text_encoder.get_input_embeddings().requires_grad_(False)
     text_params = [p for p in text_encoder.parameters() if p.requires_grad]
+    token_loss = None
+    if train_text and config.text_token_loss_weight > 0:
+        from .token_loss import TokenReconstruction
+        token_loss = TokenReconstruction(torch.unique(ids), config.text_width, text_encoder.config.eos_token_id)
+        text_params += list(token_loss.parameters())
     params = list(unet.parameters()) + text_params
     opt = torch.optim.AdamW([{"params": list(unet.parameters())},
                              {"params": text_params, "lr": config.text_encoder_joint_lr if pretrained else config.unet_lr}],
@@ -275,7 +288,7 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     budget = StepBudget(config.unet_steps, config.unet_minutes)
     sched = cosine_lr_budget(opt, budget)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    losses, step = [], 0
+    losses, token_losses, step = [], [], 0
     while not budget.done(step):
         idx = torch.randint(len(latents), (config.unet_batch_size,), generator=gen)
         x0 = latents[idx]
@@ -286,10 +299,15 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
             if cache is not None:
                 states = cache.states[torch.where(dropped, cache.empty, cache.index[idx])]
             else:
-                states = text_encoder(torch.where(dropped[:, None], empty_ids, ids[idx]))[0]
+                batch_ids = torch.where(dropped[:, None], empty_ids, ids[idx])
+                states = text_encoder(batch_ids)[0]
             pred = unet(scheduler.add_noise(x0, noise, t), t, states).sample
         per_sample = F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t), reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weights(scheduler, t, config.snr_gamma, config.loss_weighting, config.snr_floor)).mean()
+        if token_loss is not None:
+            words = token_loss(states, batch_ids)
+            loss = loss + config.text_token_loss_weight * words
+            token_losses.append(words.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -297,7 +315,8 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
         sched.step()
         losses.append(per_sample.mean().item())
         if step % 100 == 0:
-            log(f"unet step {step}: loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
+            words = f", word loss {sum(token_losses[-100:]) / len(token_losses[-100:]):.3f}" if token_losses else ""
+            log(f"unet step {step}: loss {sum(losses[-100:]) / len(losses[-100:]):.4f}{words}")
         step += 1
     final = sum(losses[-200:]) / len(losses[-200:])
     log(f"unet: {step} steps, final loss (mean of the last 200) {final:.4f}")

@@ -1,0 +1,68 @@
+"""The word loss keeps the jointly trained text encoder from merging two caption words."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from sksbooth.toyworld.pretrain import PretrainConfig, build_text_encoder, build_tokenizer, tokenize
+from sksbooth.toyworld.token_loss import TokenReconstruction, caption_positions
+
+CAPTIONS = ["a photo of a red circle on a blue background", "a photo of a red square on a blue background"]
+
+
+def test_only_the_caption_and_its_first_end_of_text_count():
+    eos = 49407
+    ids = torch.tensor([[49406, 320, 1125, eos, eos, eos], [49406, eos, eos, eos, eos, eos]])
+    assert caption_positions(ids, eos).tolist() == [[True, True, True, True, False, False],
+                                                    [True, True, False, False, False, False]]
+
+
+def shape_word_similarity(text_encoder, ids: torch.Tensor, position: int) -> float:
+    with torch.no_grad():
+        states = text_encoder(ids)[0]
+    return F.cosine_similarity(states[0, position], states[1, position], dim=0).item()
+
+
+def test_training_on_the_word_loss_pulls_two_merged_words_apart(tmp_path):
+    ids = tokenize(build_tokenizer(tmp_path), CAPTIONS)
+    position = int((ids[0] != ids[1]).nonzero()[0])  # where "circle" and "square" stand
+    torch.manual_seed(0)
+    text_encoder = build_text_encoder(PretrainConfig(text_width=32))
+    with torch.no_grad():  # merge the two words, as joint training from scratch did
+        embeddings = text_encoder.get_input_embeddings().weight
+        embeddings[ids[1, position]] = embeddings[ids[0, position]]
+    merged = shape_word_similarity(text_encoder, ids, position)
+    head = TokenReconstruction(torch.unique(ids), 32, text_encoder.config.eos_token_id)
+    opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(head.parameters()), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = head(text_encoder(ids)[0], ids)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert merged > 0.999
+    assert shape_word_similarity(text_encoder, ids, position) < 0.5
+    assert loss.item() < first / 4
+
+
+def test_the_word_loss_option_is_checked():
+    with pytest.raises(ValueError, match="text_token_loss_weight"):
+        PretrainConfig(text_token_loss_weight=-1)
+    with pytest.raises(ValueError, match="freeze_text_encoder"):
+        PretrainConfig(text_token_loss_weight=0.1, freeze_text_encoder=True)
+
+
+def test_the_denoiser_trains_the_word_head_beside_the_unet():
+    from sksbooth.toyworld.pretrain import train_denoiser
+    config = PretrainConfig(unet_steps=101, unet_batch_size=4, text_width=32, unet_channels=(32, 64),
+                            text_token_loss_weight=1.0)
+    latents, ids = torch.randn(8, 4, 8, 8), torch.randint(0, 49406, (8, 77))
+    ids[:, 0], ids[:, 12:] = 49406, 49407
+    lines = []
+    torch.manual_seed(0)
+    train_denoiser(latents, ids, ids[0], config, log=lines.append)
+    word_losses = [float(line.rsplit("word loss ", 1)[1]) for line in lines if "word loss" in line]
+    assert len(word_losses) == 2 and word_losses[1] < word_losses[0]
