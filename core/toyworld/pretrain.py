@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .text_pretrain import POOLINGS
+from .token_loss import SPANS
 from .world import make_dataset, random_colour_images
 
 Log = Callable[[str], None]
@@ -82,6 +83,9 @@ class PretrainConfig:
     # (sksbooth.toyworld.token_loss), weighted thus against the denoising loss, so the encoder cannot merge
     # two shape words into one state
     text_token_loss_weight: float = 0.0
+    # what each state must name: "own", its own word (which the shape words' states then kept, 0.19 cosine,
+    # but the states after them did not: 0.99), or "prefix", every caption word up to it, the rarer the more
+    text_token_loss_span: str = "own"
 
     @property
     def contrastive_text_encoder(self) -> bool:
@@ -98,6 +102,8 @@ class PretrainConfig:
             raise ValueError(f"--text_token_loss_weight must be 0 (off) or more, not {self.text_token_loss_weight}")
         if self.text_token_loss_weight > 0 and self.freeze_text_encoder:
             raise ValueError("--text_token_loss_weight trains the text encoder; it cannot go with --freeze_text_encoder")
+        if self.text_token_loss_span not in SPANS:
+            raise ValueError(f"--text_token_loss_span must be one of {SPANS}, not {self.text_token_loss_span!r}")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
@@ -276,8 +282,10 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     text_params = [p for p in text_encoder.parameters() if p.requires_grad]
     token_loss = None
     if train_text and config.text_token_loss_weight > 0:
-        from .token_loss import TokenReconstruction
-        token_loss = TokenReconstruction(torch.unique(ids), config.text_width, text_encoder.config.eos_token_id)
+        from .token_loss import TokenReconstruction, inverse_document_frequency
+        vocabulary = torch.unique(ids)
+        token_loss = TokenReconstruction(vocabulary, config.text_width, text_encoder.config.eos_token_id,
+                                         config.text_token_loss_span, inverse_document_frequency(ids, vocabulary))
         text_params += list(token_loss.parameters())
     params = list(unet.parameters()) + text_params
     opt = torch.optim.AdamW([{"params": list(unet.parameters())},

@@ -24,19 +24,49 @@ def caption_positions(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return (eos.cumsum(dim=1) - eos) == 0
 
 
-class TokenReconstruction(nn.Module):
-    """A head that names each position's input token from its output state, among the `vocabulary`
-    (the token ids the captions use); thrown away after training."""
+SPANS = ("own", "prefix")
 
-    def __init__(self, vocabulary: torch.Tensor, width: int, eos_token_id: int, temperature: float = 0.1):
+
+def prefix_word_targets(words: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """For each position, a distribution over the distinct words (indices into the vocabulary, IGNORE for
+    none) at or before it, in proportion to their `weights`: what a causal encoder's state could know of
+    its caption so far. Rows with nothing weighted yet are all zero."""
+    seen = F.one_hot(words.clamp(min=0), len(weights)).float() * (words >= 0)[..., None].float()
+    seen = (seen.cumsum(dim=1) > 0).float() * weights
+    return seen / seen.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def inverse_document_frequency(ids: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
+    """log(captions / captions holding the word): zero for the words every caption has ("a photo of"),
+    which say nothing of the image, most for the rarest (a shape word: log 4)."""
+    holding = torch.stack([(ids == token).any(dim=1).sum() for token in vocabulary]).float()
+    return torch.log(len(ids) / holding)
+
+
+class TokenReconstruction(nn.Module):
+    """A head that names, from each position's output state, its own input token ("own") or every caption
+    word up to it ("prefix", so that the states after a word carry it too, as the UNet reads them; rare
+    words weigh more, by `word_weights`), among the `vocabulary` (the token ids the captions use); thrown
+    away after training."""
+
+    def __init__(self, vocabulary: torch.Tensor, width: int, eos_token_id: int, span: str = "own",
+                 word_weights: torch.Tensor | None = None, temperature: float = 0.1):
         super().__init__()
-        self.eos_token_id, self.temperature = eos_token_id, temperature
+        if span not in SPANS:
+            raise ValueError(f"span must be one of {SPANS}, not {span!r}")
+        self.eos_token_id, self.span, self.temperature = eos_token_id, span, temperature
         self.words = nn.Parameter(torch.randn(len(vocabulary), width) * width ** -0.5)
         lookup = torch.full((int(vocabulary.max()) + 1,), IGNORE, dtype=torch.long)
         lookup[vocabulary] = torch.arange(len(vocabulary))
         self.register_buffer("lookup", lookup, persistent=False)
+        weights = torch.ones(len(vocabulary)) if word_weights is None else word_weights.float()
+        self.register_buffer("word_weights", weights, persistent=False)
 
     def forward(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        targets = torch.where(caption_positions(ids, self.eos_token_id), self.lookup[ids], IGNORE)
+        caption = caption_positions(ids, self.eos_token_id)
+        targets = torch.where(caption, self.lookup[ids], IGNORE)
         logits = F.normalize(states.float(), dim=-1) @ F.normalize(self.words, dim=-1).T / self.temperature
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        if self.span == "own":
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        soft = prefix_word_targets(targets, self.word_weights)
+        return -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1)[caption].mean()

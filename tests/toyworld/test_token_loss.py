@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 from sksbooth.toyworld.pretrain import PretrainConfig, build_text_encoder, build_tokenizer, tokenize
-from sksbooth.toyworld.token_loss import TokenReconstruction, caption_positions
+from sksbooth.toyworld.token_loss import TokenReconstruction, caption_positions, inverse_document_frequency
 
 CAPTIONS = ["a photo of a red circle on a blue background", "a photo of a red square on a blue background"]
 
@@ -25,27 +27,68 @@ def shape_word_similarity(text_encoder, ids: torch.Tensor, position: int) -> flo
     return F.cosine_similarity(states[0, position], states[1, position], dim=0).item()
 
 
-def test_training_on_the_word_loss_pulls_two_merged_words_apart(tmp_path):
-    ids = tokenize(build_tokenizer(tmp_path), CAPTIONS)
-    position = int((ids[0] != ids[1]).nonzero()[0])  # where "circle" and "square" stand
+def merged_encoder(ids: torch.Tensor, position: int):
+    """A tiny encoder that reads "circle" and "square" as one word, as joint training from scratch did."""
     torch.manual_seed(0)
     text_encoder = build_text_encoder(PretrainConfig(text_width=32))
-    with torch.no_grad():  # merge the two words, as joint training from scratch did
+    with torch.no_grad():
         embeddings = text_encoder.get_input_embeddings().weight
         embeddings[ids[1, position]] = embeddings[ids[0, position]]
-    merged = shape_word_similarity(text_encoder, ids, position)
-    head = TokenReconstruction(torch.unique(ids), 32, text_encoder.config.eos_token_id)
+    return text_encoder
+
+
+def train_on_word_loss(text_encoder, head: TokenReconstruction, ids: torch.Tensor, steps: int = 60) -> list[float]:
     opt = torch.optim.AdamW(list(text_encoder.parameters()) + list(head.parameters()), lr=3e-3)
-    first = None
-    for _ in range(60):
+    losses = []
+    for _ in range(steps):
         loss = head(text_encoder(ids)[0], ids)
-        first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert merged > 0.999
+        losses.append(loss.item())
+    return losses
+
+
+def test_the_own_word_loss_pulls_two_merged_words_apart(tmp_path):
+    ids = tokenize(build_tokenizer(tmp_path), CAPTIONS)
+    position = int((ids[0] != ids[1]).nonzero()[0])  # where "circle" and "square" stand
+    text_encoder = merged_encoder(ids, position)
+    assert shape_word_similarity(text_encoder, ids, position) > 0.999
+    losses = train_on_word_loss(text_encoder, TokenReconstruction(torch.unique(ids), 32, 49407, "own"), ids)
     assert shape_word_similarity(text_encoder, ids, position) < 0.5
-    assert loss.item() < first / 4
+    assert losses[-1] < losses[0] / 4
+
+
+def test_the_prefix_word_loss_makes_later_states_name_the_shape(tmp_path):
+    ids = tokenize(build_tokenizer(tmp_path), CAPTIONS)
+    position = int((ids[0] != ids[1]).nonzero()[0])
+    text_encoder = merged_encoder(ids, position)
+    vocabulary = torch.unique(ids)
+    world = tokenize(build_tokenizer(tmp_path), CAPTIONS + ["a photo of a green triangle"])
+    weights = inverse_document_frequency(world, vocabulary)  # "a photo of" 0, the shapes and "blue" log 1.5
+    head = TokenReconstruction(vocabulary, 32, 49407, "prefix", weights)
+    later = position + 3  # "blue": three words on, it must still say which shape came before it
+    assert shape_word_similarity(text_encoder, ids, later) > 0.999
+    losses = train_on_word_loss(text_encoder, head, ids)
+    with torch.no_grad():
+        logits = F.normalize(text_encoder(ids)[0], dim=-1) @ F.normalize(head.words, dim=-1).T
+    circle, square = (int((vocabulary == ids[i, position]).nonzero()) for i in (0, 1))
+    for p in (position, later):
+        assert logits[0, p, circle] > logits[0, p, square] and logits[1, p, square] > logits[1, p, circle]
+    assert shape_word_similarity(text_encoder, ids, later) < 0.99
+    assert losses[-1] < losses[0] / 2  # its soft targets keep it above zero
+
+
+def test_prefix_targets_spread_over_the_words_so_far_by_weight():
+    from sksbooth.toyworld.token_loss import IGNORE, prefix_word_targets
+    targets = prefix_word_targets(torch.tensor([[0, 1, 1, 2, IGNORE]]), torch.tensor([0.0, 1.0, 3.0]))[0]
+    assert torch.allclose(targets[:4], torch.tensor([[0, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0.25, 0.75]]))
+
+
+def test_words_in_every_caption_weigh_nothing():
+    ids = torch.tensor([[7, 1, 2], [7, 1, 3], [7, 4, 3], [7, 4, 2]])
+    weights = inverse_document_frequency(ids, torch.tensor([7, 1, 2]))
+    assert torch.allclose(weights, torch.tensor([0.0, math.log(2), math.log(2)]))
 
 
 def test_the_word_loss_option_is_checked():
@@ -53,6 +96,8 @@ def test_the_word_loss_option_is_checked():
         PretrainConfig(text_token_loss_weight=-1)
     with pytest.raises(ValueError, match="freeze_text_encoder"):
         PretrainConfig(text_token_loss_weight=0.1, freeze_text_encoder=True)
+    with pytest.raises(ValueError, match="text_token_loss_span"):
+        PretrainConfig(text_token_loss_span="all")
 
 
 def test_the_denoiser_trains_the_word_head_beside_the_unet():
