@@ -79,9 +79,8 @@ class PretrainConfig:
     # > 0: after that pretraining, keep training the encoder with the UNet at this lr instead of freezing
     # it (the jointly trained shipped base binds DreamBooth's subject; the frozen one does not)
     text_encoder_joint_lr: float = 0.0
-    # > 0: while the encoder trains with the UNet, also make each position's state name its own caption word
-    # (sksbooth.toyworld.token_loss), weighted thus against the denoising loss, so the encoder cannot merge
-    # two shape words into one state
+    # > 0: while the encoder trains with the UNet, also make its states name caption words (sksbooth.toyworld.
+    # token_loss), weighted thus against the denoising loss, so the encoder cannot merge two shape words
     text_token_loss_weight: float = 0.0
     # what each state must name: "own", its own word (which the shape words' states then kept, 0.19 cosine,
     # but the states after them did not: 0.99), or "prefix", every caption word up to it, the rarer the more
@@ -100,8 +99,11 @@ class PretrainConfig:
             raise ValueError(f"--vae_random_colour_share must be in [0, 1), not {self.vae_random_colour_share}")
         if self.text_token_loss_weight < 0:
             raise ValueError(f"--text_token_loss_weight must be 0 (off) or more, not {self.text_token_loss_weight}")
-        if self.text_token_loss_weight > 0 and self.freeze_text_encoder:
-            raise ValueError("--text_token_loss_weight trains the text encoder; it cannot go with --freeze_text_encoder")
+        frozen = self.freeze_text_encoder or (self.contrastive_text_encoder and not self.text_encoder_joint_lr)
+        if self.text_token_loss_weight > 0 and frozen:
+            raise ValueError("--text_token_loss_weight trains the text encoder with the UNet; it cannot go with "
+                             "--freeze_text_encoder, nor with --text_encoder_minutes/steps unless "
+                             "--text_encoder_joint_lr is set")
         if self.text_token_loss_span not in SPANS:
             raise ValueError(f"--text_token_loss_span must be one of {SPANS}, not {self.text_token_loss_span!r}")
         if self.text_encoder_pooling not in POOLINGS:

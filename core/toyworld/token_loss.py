@@ -2,10 +2,10 @@
 
 Trained jointly from scratch, the encoder found it cheapest to give "circle" and "square" (and
 "triangle" and "toy") nearly the same states (0.99 cosine), and the UNet then drew one shape for
-either word (MADE.md). Here every position's output state must also say which caption word it holds:
-a cosine classifier over the words of the world's captions, so two words can only be told apart by
-pointing their states in different directions. The encoder stays jointly trained (which bound
-DreamBooth's subject better than a frozen CLIP-style encoder did), but may no longer merge words.
+either word (MADE.md). Here every position's output state must also name caption words, its own or all
+those up to it: a cosine classifier over the words of the world's captions, so two words can only be
+told apart by pointing their states in different directions. The encoder stays jointly trained (which
+bound DreamBooth's subject better than a frozen CLIP-style encoder did), but may no longer merge words.
 """
 
 from __future__ import annotations

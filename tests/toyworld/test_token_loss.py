@@ -96,6 +96,9 @@ def test_the_word_loss_option_is_checked():
         PretrainConfig(text_token_loss_weight=-1)
     with pytest.raises(ValueError, match="freeze_text_encoder"):
         PretrainConfig(text_token_loss_weight=0.1, freeze_text_encoder=True)
+    with pytest.raises(ValueError, match="text_encoder_joint_lr"):  # pretrained CLIP-style, then frozen
+        PretrainConfig(text_token_loss_weight=0.1, text_encoder_minutes=9)
+    assert PretrainConfig(text_token_loss_weight=0.1, text_encoder_minutes=9, text_encoder_joint_lr=1e-4)
     with pytest.raises(ValueError, match="text_token_loss_span"):
         PretrainConfig(text_token_loss_span="all")
 
