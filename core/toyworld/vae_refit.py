@@ -38,24 +38,57 @@ def refit_loss(vae, original, world: torch.Tensor, pictures: torch.Tensor, keep_
     return loss, drift
 
 
+def decoder_drift(vae, original, latents: torch.Tensor) -> torch.Tensor:
+    """How far the decoder's pictures of `latents` (in the UNet's scaled units) moved from the original's:
+    the encoder keep term holds the world's own latents, but a base's generations are not exactly those,
+    and a refit decoder can turn them into something else (a CLIP-style base's toys came out as the subject)."""
+    z = latents / original.config.scaling_factor
+    with torch.autocast("cpu", torch.bfloat16):
+        drawn = vae.decode(z).sample.float()
+        with torch.no_grad():
+            kept = original.decode(z).sample.float()
+    return F.mse_loss(drawn, kept)
+
+
+@torch.no_grad()
+def generated_latents(pipe, count: int, seed: int = 0, batch: int = 64) -> torch.Tensor:
+    """The base's own samples, as latents (scaled units), for world training captions: what the decoder
+    keep term holds in place."""
+    _, captions, _ = make_dataset(count, seed + 1)
+    chunks = []
+    for start in range(0, count, batch):
+        gen = torch.Generator().manual_seed(seed + start)
+        chunks.append(pipe(captions[start:start + batch], num_inference_steps=20, guidance_scale=7.5, height=64,
+                           width=64, generator=gen, output_type="latent").images.float())
+    return torch.cat(chunks)
+
+
 def refit_vae(original, world: np.ndarray, steps: int = 1200, batch_size: int = 32, lr: float = 1e-3,
-              keep_weight: float = 1.0, seed: int = 0, log: Log = print):
+              keep_weight: float = 1.0, seed: int = 0, log: Log = print, generated: torch.Tensor | None = None,
+              decoder_keep_weight: float = 0.0):
     """A copy of `original` fine-tuned as the module says on `world` (uint8 world images, N x 64 x 64 x 3) and as
-    many random-colour pictures; `original` is left as it was."""
+    many random-colour pictures; `original` is left as it was. With `generated` latents (generated_latents) and
+    a `decoder_keep_weight`, the decoder's pictures of them are also kept as the original drew them."""
     original = original.float().eval().requires_grad_(False)
     vae = copy.deepcopy(original).train().requires_grad_(True)
     pictures = random_colour_images(len(world), seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0)
     sched = cosine_lr_budget(opt, StepBudget(steps, 0), warmup=50)
     gen, half = torch.Generator().manual_seed(seed), batch_size // 2
+    pick = torch.Generator().manual_seed(seed + 1)  # its own stream: without it, the refit is as it was
     for step in range(steps):
         loss, drift = refit_loss(vae, original, *cropped_batches((world, pictures), half, gen), keep_weight, gen)
+        drawn = ""
+        if generated is not None and decoder_keep_weight > 0:
+            moved = decoder_drift(vae, original, generated[torch.randint(len(generated), (half,), generator=pick)])
+            loss = loss + decoder_keep_weight * moved
+            drawn = f", generated pictures' drift {moved.item():.4f}"
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 100 == 0 or step == steps - 1:
-            log(f"vae refit step {step}: loss {loss.item():.4f}, world latent drift {drift.item():.4f}")
+            log(f"vae refit step {step}: loss {loss.item():.4f}, world latent drift {drift.item():.4f}{drawn}")
     return vae.eval().requires_grad_(False)
 
 
@@ -69,10 +102,18 @@ def main(argv=None) -> int:
     p.add_argument("--keep_weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_images", type=int, default=20_000, help="world images and random-colour pictures each")
+    p.add_argument("--decoder_keep_weight", type=float, default=0.0,
+                   help="> 0: also keep the decoder's pictures of the base's own generations (off in the shipped refit)")
+    p.add_argument("--num_generated", type=int, default=256, help="generations for --decoder_keep_weight")
     args = p.parse_args(argv)
     world, _, _ = make_dataset(args.num_images, args.seed)
+    generated = None
+    if args.decoder_keep_weight > 0:
+        from .assets import load_pipeline
+        generated = generated_latents(load_pipeline(args.base), args.num_generated, args.seed)
     vae = refit_vae(AutoencoderKL.from_pretrained(str(args.base / "vae")), world, steps=args.steps,
-                    keep_weight=args.keep_weight, seed=args.seed)
+                    keep_weight=args.keep_weight, seed=args.seed, generated=generated,
+                    decoder_keep_weight=args.decoder_keep_weight)
     with atomic_dir(args.dest) as tmp:
         shutil.copytree(args.base, tmp, dirs_exist_ok=True)
         shutil.rmtree(Path(tmp) / "vae")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sksbooth.toyworld.pretrain import PretrainConfig, build_vae, to_pixels
-from sksbooth.toyworld.vae_refit import main, refit_loss, refit_vae
+from sksbooth.toyworld.vae_refit import decoder_drift, main, refit_loss, refit_vae
 from sksbooth.toyworld.world import make_dataset
 
 
@@ -54,3 +54,30 @@ def test_the_command_writes_the_base_with_the_new_vae(tmp_path):
     assert (tmp_path / "dest" / "unet" / "config.json").is_file()
     assert (tmp_path / "dest" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "dest" / "vae" / "config.json").read_text() == (base / "vae" / "config.json").read_text()
+
+
+def test_the_decoder_term_measures_how_far_decoded_pictures_moved():
+    original, moved = small_vae().eval(), small_vae().eval()
+    with torch.no_grad():
+        moved.decoder.conv_out.bias.add_(0.5)
+    latents = torch.randn(2, 4, 16, 16)
+    assert decoder_drift(original, original, latents).item() < 1e-4 < decoder_drift(moved, original, latents).item()
+
+
+def test_the_decoder_keep_term_holds_the_pictures_of_generated_latents():
+    original = small_vae()
+    generated = torch.randn(8, 4, 16, 16)
+    world = make_dataset(8, seed=0)[0]
+    kept = refit_vae(original, world, steps=6, batch_size=4, generated=generated, decoder_keep_weight=100.0,
+                     log=lambda _: None)
+    free = refit_vae(original, world, steps=6, batch_size=4, generated=generated, log=lambda _: None)
+    with torch.no_grad():
+        moved = {name: decoder_drift(vae, original, generated).item() for name, vae in (("kept", kept), ("free", free))}
+    assert moved["kept"] < moved["free"]
+
+
+def test_the_command_refits_against_the_bases_own_generations(tiny_model, tmp_path, capsys):
+    assert main([str(tiny_model), str(tmp_path / "dest"), "--steps", "1", "--num_images", "8",
+                 "--decoder_keep_weight", "1", "--num_generated", "2"]) == 0
+    assert "generated pictures' drift" in capsys.readouterr().out
+    assert (tmp_path / "dest" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
