@@ -98,12 +98,24 @@ def test_the_vae_learns_from_random_colour_pictures_beside_the_world():
         PretrainConfig(vae_refit_steps=-1)
 
 
-def test_made_md_says_what_the_vae_learned_from():
+def made_record(argv: list[str]) -> dict:
+    """What `toyworld-pretrain` records for these options (made up times and steps)."""
     import dataclasses
-    from sksbooth.toyworld.make import made_md, parse
-    _, config, _ = parse(["dest", "--vae_random_colour_share", "0.5"])
-    made = {"config": dataclasses.asdict(config), "minutes": 40.0, "vae_minutes": 9.0, "vae_steps": 1, "unet_steps": 2,
+    from sksbooth.toyworld.make import parse
+    _, config, _ = parse(["dest", *argv])
+    return {"config": dataclasses.asdict(config), "minutes": 40.0, "vae_minutes": 9.0, "vae_steps": 1, "unet_steps": 2,
             "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST"}
+
+
+def test_made_md_names_the_word_loss():
+    from sksbooth.toyworld.make import made_md
+    assert "word loss weight 0.1" in made_md(made_record(["--text_token_loss_weight", "0.1"]))
+    assert "word loss" not in made_md(made_record([]))
+
+
+def test_made_md_says_what_the_vae_learned_from():
+    from sksbooth.toyworld.make import made_md
+    made = made_record(["--vae_random_colour_share", "0.5"])
     assert "50% of its pictures flat shapes in random RGB colours" in made_md(made)
     made["config"]["vae_random_colour_share"] = 0.0
     assert "world images only" in made_md(made) and "refit" not in made_md(made)

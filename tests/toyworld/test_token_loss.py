@@ -114,14 +114,3 @@ def test_the_denoiser_trains_the_word_head_beside_the_unet():
     train_denoiser(latents, ids, ids[0], config, log=lines.append)
     word_losses = [float(line.rsplit("word loss ", 1)[1]) for line in lines if "word loss" in line]
     assert len(word_losses) == 2 and word_losses[1] < word_losses[0]
-
-
-def test_made_md_names_the_word_loss():
-    import dataclasses
-    from sksbooth.toyworld.make import made_md, parse
-    _, config, _ = parse(["dest", "--text_token_loss_weight", "0.1"])
-    made = {"config": dataclasses.asdict(config), "minutes": 40.0, "vae_minutes": 9.0, "vae_steps": 1, "unet_steps": 2,
-            "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST"}
-    assert "word loss weight 0.1" in made_md(made)
-    made["config"]["text_token_loss_weight"] = 0.0
-    assert "word loss" not in made_md(made)
