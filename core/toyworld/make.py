@@ -75,7 +75,8 @@ def text_encoder_note(made: dict) -> str:
     if c.get("freeze_text_encoder"):
         return ", text encoder frozen (random, as built)"
     if c.get("text_token_loss_weight"):
-        return (f", text encoder also trained to name each position's caption word (word loss weight"
+        named = "every caption word up to it" if c.get("text_token_loss_span") == "prefix" else "its own caption word"
+        return (f", text encoder also trained so that each state names {named} (word loss weight"
                 f" {c['text_token_loss_weight']}, sksbooth.toyworld.token_loss)")
     return ", token embeddings frozen (random)" if c.get("freeze_token_embeddings") else ""
 

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .text_pretrain import POOLINGS
-from .token_loss import SPANS
+from .token_loss import SPANS, TokenReconstruction, inverse_document_frequency
 from .world import make_dataset, random_colour_images
 
 Log = Callable[[str], None]
@@ -284,7 +284,6 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     text_params = [p for p in text_encoder.parameters() if p.requires_grad]
     token_loss = None
     if train_text and config.text_token_loss_weight > 0:
-        from .token_loss import TokenReconstruction, inverse_document_frequency
         vocabulary = torch.unique(ids)
         token_loss = TokenReconstruction(vocabulary, config.text_width, text_encoder.config.eos_token_id,
                                          config.text_token_loss_span, inverse_document_frequency(ids, vocabulary))

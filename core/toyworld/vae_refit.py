@@ -107,11 +107,13 @@ def main(argv=None) -> int:
     p.add_argument("--num_generated", type=int, default=256, help="generations for --decoder_keep_weight")
     args = p.parse_args(argv)
     world, _, _ = make_dataset(args.num_images, args.seed)
-    generated = None
-    if args.decoder_keep_weight > 0:
+    generated, original = None, None
+    if args.decoder_keep_weight > 0:  # the whole base is loaded anyway: its VAE is the one to refit
         from .assets import load_pipeline
-        generated = generated_latents(load_pipeline(args.base), args.num_generated, args.seed)
-    vae = refit_vae(AutoencoderKL.from_pretrained(str(args.base / "vae")), world, steps=args.steps,
+        pipe = load_pipeline(args.base)
+        generated, original = generated_latents(pipe, args.num_generated, args.seed), pipe.vae
+    original = original or AutoencoderKL.from_pretrained(str(args.base / "vae"))
+    vae = refit_vae(original, world, steps=args.steps,
                     keep_weight=args.keep_weight, seed=args.seed, generated=generated,
                     decoder_keep_weight=args.decoder_keep_weight)
     with atomic_dir(args.dest) as tmp:
