@@ -101,7 +101,7 @@ judge (`sksbooth.toyworld.checker`).
 - command: `{made['command']}`
 - seed: {c['seed']}; {c['num_images']} world images
 - time: {made['minutes']} min in all ({made['vae_minutes']} min world + VAE + latent cache), on 2 CPU cores
-- VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops (bf16 autocast){vae_note(c)}
+- VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops ({made.get('vae_precision', 'bf16 autocast')}){vae_note(c)}
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),

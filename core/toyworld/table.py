@@ -38,6 +38,8 @@ def main(argv=None) -> int:
                    help="a toy-world base folder to score instead of the shipped one (e.g. a vae_refit output)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(7)),
                    help="training seeds to average over (three were too few: their mean was 78%%, seven's 62%%)")
+    p.add_argument("--prior_only", action="store_true",
+                   help="skip the rows without prior preservation: half the time, for screening a candidate base")
     args = p.parse_args(argv)
     from ..demo import DEMO_STEPS, make_subject_images
     from .assets import base_path, load_pipeline, load_shipped_checker
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
     base_only = score_base(base_pipe, checker, count=6 * args.per_prompt)
     rows = {"base": score_dreambooth(base_pipe, checker, real, per_prompt=args.per_prompt)}
     per_seed = {}
-    for name, prior in (("DreamBooth, prior preservation", True), ("DreamBooth, no prior preservation", False)):
+    variants = (("DreamBooth, prior preservation", True), ("DreamBooth, no prior preservation", False))
+    for name, prior in variants[:1] if args.prior_only else variants:
         runs = []
         for seed in args.seeds:
             model = dreambooth(args.out / f"{'prior' if prior else 'no-prior'}-seed{seed}", base, subject, steps,

@@ -17,6 +17,7 @@ from ..data.images import scan_image_folder
 from ..events import emit
 from ..fsutil import atomic_write_text
 from ..models.load import SDComponents, load_components
+from ..cpu_precision import slow_bf16_warning
 from ..plan import budget_warning, plan_for_components
 from .checkpoint import CONFIG_NAME, load_checkpoint, resolve_resume, save_checkpoint
 from .report import read_jsonl, write_loss_plot
@@ -116,6 +117,9 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     out, seed = Path(config.output_dir), (config.seed if config.seed is not None else 0)
     config = choose_attention(config, accelerator.device)  # recorded in the saved config
     emit(callbacks, "log", message=f"Attention backend: {config.attention}")
+    slow_bf16 = slow_bf16_warning(accelerator.device, accelerator.mixed_precision)
+    if slow_bf16:
+        emit(callbacks, "log", message=slow_bf16)
     torch.manual_seed(seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

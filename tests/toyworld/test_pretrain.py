@@ -121,6 +121,8 @@ def test_made_md_says_what_the_vae_learned_from():
     assert "world images only" in made_md(made) and "refit" not in made_md(made)
     made["config"]["vae_refit_steps"] = 1200
     assert "refit for 1200 steps" in made_md(made)
+    made["vae_precision"] = "fp32"  # a CPU without bf16 instructions trains it in fp32
+    assert "32x32 crops (fp32)" in made_md(made)
 
 
 def test_the_vae_refit_stage_changes_the_vae_and_nothing_else(tmp_path):

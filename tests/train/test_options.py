@@ -59,6 +59,19 @@ def test_v_prediction_bf16_min_snr_offset_noise_and_accumulation_still_learn(tin
     assert saved["prediction_type"] == "v_prediction"
 
 
+def test_bf16_on_a_cpu_that_would_emulate_it_is_warned_about(tiny_model, instance_dir, tmp_path):
+    from sksbooth.cpu_precision import cpu_has_fast_bf16
+    warned = {}
+    for precision in ("no", "bf16"):
+        logs = []
+        cfg = TrainConfig(pretrained_model_name_or_path=str(tiny_model), instance_data_dir=str(instance_dir),
+                          instance_prompt="a photo of sks dog", output_dir=str(tmp_path / precision), resolution=64,
+                          train_batch_size=1, max_train_steps=1, mixed_precision=precision, checkpointing_steps=1000)
+        train(cfg, [lambda e: logs.append(e.data.get("message", "")) if e.kind == "log" else None])
+        warned[precision] = any("emulated in software" in m for m in logs)
+    assert warned == {"no": False, "bf16": not cpu_has_fast_bf16()}
+
+
 def test_runs_with_different_precisions_in_one_process(tiny_model, instance_dir, tmp_path):
     """A host app trains several times in one process; accelerate's global state must not pin the first precision."""
     for i, precision in enumerate(("no", "bf16", "no")):
