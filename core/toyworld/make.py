@@ -64,14 +64,20 @@ def score_base_model(dest: Path, count: int = 96) -> dict:
 def text_encoder_note(made: dict) -> str:
     from .text_pretrain import CAPTIONS_PER_BATCH
     c = made["config"]
+    then = (f"trained with the UNet at lr {c['text_encoder_joint_lr']}" if c.get("text_encoder_joint_lr")
+            else "frozen")
+    if "text_encoder_steps" in made and c.get("text_encoder_objective") == "words":
+        unknown = c.get("text_encoder_unknown_share", 0.0)
+        return (f", text encoder pretrained first on the captions alone ({made['text_encoder_steps']} steps, each"
+                f" state naming every caption word up to it, lr {c['text_encoder_lr']}, final word loss"
+                f" {made['text_encoder_loss']}" + (f", {unknown:.0%} of captions with an unknown token to name"
+                                                   if unknown else "") + f"), then {then}")
     if "text_encoder_steps" in made:
         return (f", text encoder pretrained first CLIP-style ({made['text_encoder_steps']} steps of {CAPTIONS_PER_BATCH}"
                 f" captions against a latent image encoder, caption vector: "
                 f"{'the end-of-text state' if c.get('text_encoder_pooling') == 'eos' else 'the mean state'},"
                 f" lr {c['text_encoder_lr']}, final contrastive loss"
-                f" {made['text_encoder_loss']}), then "
-                + (f"trained with the UNet at lr {c['text_encoder_joint_lr']}" if c.get("text_encoder_joint_lr")
-                   else "frozen"))
+                f" {made['text_encoder_loss']}), then {then}")
     if c.get("freeze_text_encoder"):
         return ", text encoder frozen (random, as built)"
     if c.get("text_token_loss_weight"):

@@ -20,8 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from ..cpu_precision import cpu_has_fast_bf16, slow_bf16_warning
-from .text_pretrain import POOLINGS
-from .token_loss import SPANS, TokenReconstruction, inverse_document_frequency
+from .text_pretrain import POOLINGS, TEXT_OBJECTIVES
+from .token_loss import SPANS, TokenReconstruction, inverse_document_frequency, pretrain_on_words
 from .world import make_dataset, random_colour_images
 
 Log = Callable[[str], None]
@@ -77,6 +77,12 @@ class PretrainConfig:
     # the caption vector of that pretraining: "mean" of all states (85% shape) or "eos", CLIP's end-of-text
     # state (83%), which keeps "sks" in the states but bound DreamBooth's subject less often still (MADE.md)
     text_encoder_pooling: str = "mean"
+    # what that pretraining teaches: "contrastive" (CLIP-style, against the images, above) or "words": captions
+    # alone, each state naming every caption word up to it (token_loss's prefix loss; seconds, not minutes)
+    text_encoder_objective: str = "contrastive"
+    # with "words": the share of captions given one random token the world never uses, which the states must
+    # name as "unknown", so that DreamBooth's "sks toy" is not read as "a toy"
+    text_encoder_unknown_share: float = 0.0
     # > 0: after that pretraining, keep training the encoder with the UNet at this lr instead of freezing
     # it (the jointly trained shipped base binds DreamBooth's subject; the frozen one does not)
     text_encoder_joint_lr: float = 0.0
@@ -107,6 +113,10 @@ class PretrainConfig:
                              "--text_encoder_joint_lr is set")
         if self.text_token_loss_span not in SPANS:
             raise ValueError(f"--text_token_loss_span must be one of {SPANS}, not {self.text_token_loss_span!r}")
+        if self.text_encoder_objective not in TEXT_OBJECTIVES:
+            raise ValueError(f"--text_encoder_objective must be one of {TEXT_OBJECTIVES}, not {self.text_encoder_objective!r}")
+        if not 0 <= self.text_encoder_unknown_share < 1:
+            raise ValueError(f"--text_encoder_unknown_share must be in [0, 1), not {self.text_encoder_unknown_share}")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
@@ -359,8 +369,12 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
         from .text_pretrain import pretrain_text_encoder
         text_encoder = build_text_encoder(config)
         budget = StepBudget(config.text_encoder_steps, config.text_encoder_minutes)
-        steps, loss = pretrain_text_encoder(text_encoder, latents, ids, budget, config.seed + 2, log,
-                                            lr=config.text_encoder_lr, pooling=config.text_encoder_pooling)
+        if config.text_encoder_objective == "words":
+            steps, loss = pretrain_on_words(text_encoder, ids, budget, config.seed + 2, log, lr=config.text_encoder_lr,
+                                            unknown_share=config.text_encoder_unknown_share)
+        else:
+            steps, loss = pretrain_text_encoder(text_encoder, latents, ids, budget, config.seed + 2, log,
+                                                lr=config.text_encoder_lr, pooling=config.text_encoder_pooling)
         text = {"text_encoder_steps": steps, "text_encoder_loss": round(loss, 4)}
     unet, text_encoder, scheduler, final_loss, unet_steps = train_denoiser(latents, ids, empty, config, log,
                                                                            text_encoder)

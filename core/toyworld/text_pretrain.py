@@ -37,6 +37,7 @@ class LatentImageEncoder(nn.Module):
 
 
 POOLINGS = ("eos", "mean")
+TEXT_OBJECTIVES = ("contrastive", "words")  # "words": token_loss.pretrain_on_words, on captions alone
 
 
 def caption_text_features(text_encoder, ids: torch.Tensor, project: nn.Module, pooling: str) -> torch.Tensor:

@@ -114,3 +114,83 @@ def test_the_denoiser_trains_the_word_head_beside_the_unet():
     train_denoiser(latents, ids, ids[0], config, log=lines.append)
     word_losses = [float(line.rsplit("word loss ", 1)[1]) for line in lines if "word loss" in line]
     assert len(word_losses) == 2 and word_losses[1] < word_losses[0]
+
+
+def test_an_unknown_token_goes_inside_the_caption_and_is_marked_for_the_loss():
+    from sksbooth.toyworld.token_loss import insert_unknown_tokens, unknown_token_pool
+    eos, marker = 49407, 49408
+    ids = torch.tensor([[49406, 320, 1125, 539, eos, eos, eos]] * 200)
+    pool = unknown_token_pool(torch.unique(ids), 49408, (49406, eos))
+    assert not set(pool.tolist()) & {320, 1125, 539, 49406, eos} and len(pool) == 49408 - 5
+    put, marked = insert_unknown_tokens(ids, 0.5, pool, eos, marker, torch.Generator().manual_seed(0))
+    changed = (put != ids).any(dim=1)
+    assert 70 < int(changed.sum()) < 130  # about half
+    for row in torch.nonzero(changed).flatten().tolist():
+        at = int((marked[row] == marker).nonzero())
+        assert 1 <= at <= 3 and put[row, at] in pool  # after bos, before the end-of-text token
+        kept = torch.cat([put[row, :at], put[row, at + 1:]])
+        assert torch.equal(kept, ids[row, :-1])  # the caption shifted by one, padding cut
+    assert torch.equal(put[~changed], ids[~changed]) and torch.equal(marked[~changed], ids[~changed])
+
+
+def words_pretrained(tmp_path, unknown_share: float):
+    from sksbooth.toyworld.pretrain import StepBudget
+    from sksbooth.toyworld.token_loss import pretrain_on_words
+    from sksbooth.toyworld.world import make_dataset
+    tokenizer = build_tokenizer(tmp_path)
+    _, captions, _ = make_dataset(300, seed=0)
+    torch.manual_seed(0)
+    text_encoder = build_text_encoder(PretrainConfig(text_width=32))
+    lines = []
+    steps, loss = pretrain_on_words(text_encoder, tokenize(tokenizer, captions), StepBudget(80, 0), 0, lines.append,
+                                    lr=3e-3, unknown_share=unknown_share, batch_size=64)
+    first = float(lines[0].rsplit("word loss ", 1)[1])
+    assert steps == 80 and loss < first / 2 and "final word loss" in lines[-1]
+    return text_encoder.eval(), tokenizer
+
+
+def caption_similarity(text_encoder, tokenizer, a: str, b: str) -> float:
+    """Mean cosine similarity of two captions' states from the first token they differ in to the first
+    end-of-text token (the states the loss shapes; the padding after them is left free)."""
+    ids = tokenize(tokenizer, [a, b])
+    first, end = int((ids[0] != ids[1]).nonzero()[0]), int((ids[0] == 49407).nonzero()[0])
+    with torch.no_grad():
+        states = text_encoder(ids)[0]
+    return F.cosine_similarity(states[0, first:end + 1], states[1, first:end + 1], dim=-1).mean().item()
+
+
+def test_pretraining_on_words_keeps_shapes_apart_and_an_unknown_token_visible(tmp_path):
+    plain, tokenizer = words_pretrained(tmp_path, 0.0)
+    named, _ = words_pretrained(tmp_path, 0.5)
+    for encoder in (plain, named):  # the states after the shape word still say which shape it was
+        assert caption_similarity(encoder, tokenizer, "a photo of a red circle on a blue background",
+                                  "a photo of a red square on a blue background") < 0.8
+    subject = ("a photo of sks toy", "a photo of a toy")
+    assert caption_similarity(named, tokenizer, *subject) < caption_similarity(plain, tokenizer, *subject) - 0.05
+
+
+def test_the_words_objective_is_checked_and_recorded():
+    import dataclasses
+    from sksbooth.toyworld.make import made_md, parse
+    with pytest.raises(ValueError, match="text_encoder_objective"):
+        PretrainConfig(text_encoder_objective="captions")
+    with pytest.raises(ValueError, match="text_encoder_unknown_share"):
+        PretrainConfig(text_encoder_unknown_share=1.0)
+    _, config, _ = parse(["dest", "--text_encoder_steps", "150", "--text_encoder_objective", "words",
+                          "--text_encoder_unknown_share", "0.3"])
+    made = {"config": dataclasses.asdict(config), "minutes": 40.0, "vae_minutes": 9.0, "vae_steps": 1, "unet_steps": 2,
+            "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST", "text_encoder_steps": 150,
+            "text_encoder_loss": 0.5}
+    assert "pretrained first on the captions alone (150 steps" in made_md(made)
+    assert "30% of captions with an unknown token to name), then frozen" in made_md(made)
+
+
+def test_toyworld_pretrain_runs_the_words_objective_before_the_unet(tmp_path):
+    from sksbooth.toyworld.pretrain import pretrain
+    lines = []
+    config = PretrainConfig(num_images=16, vae_steps=1, vae_batch_size=4, unet_steps=1, unet_batch_size=4, text_width=32,
+                            unet_channels=(32, 64), text_encoder_steps=3, text_encoder_objective="words",
+                            text_encoder_unknown_share=0.5)
+    made = pretrain(tmp_path / "base", config, log=lines.append)
+    assert made["text_encoder_steps"] == 3 and any("3 steps on captions alone" in line for line in lines)
+    assert not any("contrastive" in line for line in lines)
