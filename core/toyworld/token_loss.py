@@ -82,8 +82,8 @@ def unknown_token_pool(known: torch.Tensor, vocab_size: int, special: tuple[int,
 
 def insert_unknown_tokens(ids: torch.Tensor, share: float, pool: torch.Tensor, eos_token_id: int, marker: int,
                           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put one random token of `pool` at a random place inside `share` of the
-    captions, as DreamBooth's "sks" sits in its prompt. Returns (ids for the encoder, ids for the loss): the
+    """Put one random token of `pool` at a random place inside `share` of the captions, as DreamBooth's
+    "sks" sits in its prompt. Returns (ids for the encoder, ids for the loss): the
     second has `marker` (an id past the vocabulary) there instead, so the loss names every such token by one
     word, "unknown", and the encoder must keep a state that says a word was there that the world never uses."""
     ids, marked = ids.clone(), ids.clone()
@@ -104,7 +104,7 @@ def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *
     """Train `text_encoder` in place on captions alone: each state must name every caption word up to it (the
     "prefix" loss, rarer words weighing more), and with `unknown_share` > 0 also an inserted unknown token.
     No images: a few seconds a hundred steps, against the CLIP-style pretraining's minutes. Returns (steps,
-    final loss); the loss cannot fall below the targets' own entropy (~0.47 for the world's captions)."""
+    final loss); the loss cannot fall below the soft targets' own entropy."""
     from .pretrain import cosine_lr_budget
     c, gen = text_encoder.config, torch.Generator().manual_seed(seed)
     eos, marker = c.eos_token_id, c.vocab_size
