@@ -68,20 +68,33 @@ def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor
                           *, lr: float, pooling: str, batch_size: int = CAPTIONS_PER_BATCH, temperature: float = 0.07
                           ) -> tuple[int, float]:
     """Train `text_encoder` in place within `budget` (a StepBudget); returns (steps, final loss)."""
-    from .pretrain import cosine_lr_budget
     width = text_encoder.config.hidden_size
     image_encoder, project = LatentImageEncoder(width, latents.shape[1]), nn.Linear(width, width)
-    params = [*text_encoder.parameters(), *image_encoder.parameters(), *project.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = cosine_lr_budget(opt, budget, warmup=50)
     gen = torch.Generator().manual_seed(seed)
-    text_encoder.train()
-    losses, step = [], 0
-    while not budget.done(step):
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         batch_ids = ids[idx]
-        loss = contrastive_loss(caption_text_features(text_encoder, batch_ids, project, pooling), image_encoder(latents[idx]),
-                                same_caption_targets(batch_ids), temperature)
+        return contrastive_loss(caption_text_features(text_encoder, batch_ids, project, pooling),
+                                image_encoder(latents[idx]), same_caption_targets(batch_ids), temperature)
+
+    text_encoder.train()
+    params = [*text_encoder.parameters(), *image_encoder.parameters(), *project.parameters()]
+    steps, final = train_steps(params, budget, batch_loss, log, lr=lr, warmup=50, name="contrastive loss")
+    log(f"text encoder: {steps} steps, final contrastive loss {final:.4f} (chance {math.log(batch_size):.2f})")
+    return steps, final
+
+
+def train_steps(params: list, budget, batch_loss: Callable[[], torch.Tensor], log: Log, *, lr: float, warmup: int,
+                name: str) -> tuple[int, float]:
+    """AdamW on `params` with a cosine schedule over `budget` (a StepBudget), gradients clipped at 1, the mean
+    `name` logged every 50 steps; returns (steps, the mean of the last 50 losses)."""
+    from .pretrain import cosine_lr_budget
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = cosine_lr_budget(opt, budget, warmup=warmup)
+    losses, step = [], 0
+    while not budget.done(step):
+        loss = batch_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -89,8 +102,6 @@ def pretrain_text_encoder(text_encoder, latents: torch.Tensor, ids: torch.Tensor
         sched.step()
         losses.append(loss.item())
         if step % 50 == 0:
-            log(f"text encoder step {step}: contrastive loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            log(f"text encoder step {step}: {name} {sum(losses[-50:]) / len(losses[-50:]):.4f}")
         step += 1
-    final = sum(losses[-50:]) / max(1, len(losses[-50:]))
-    log(f"text encoder: {step} steps, final contrastive loss {final:.4f} (chance {math.log(batch_size):.2f})")
-    return step, final
+    return step, sum(losses[-50:]) / max(1, len(losses[-50:]))

@@ -105,7 +105,7 @@ def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *
     "prefix" loss, rarer words weighing more), and with `unknown_share` > 0 also an inserted unknown token.
     No images: a few seconds a hundred steps, against the CLIP-style pretraining's minutes. Returns (steps,
     final loss); the loss cannot fall below the soft targets' own entropy."""
-    from .pretrain import cosine_lr_budget
+    from .text_pretrain import train_steps
     c, gen = text_encoder.config, torch.Generator().manual_seed(seed)
     eos, marker = c.eos_token_id, c.vocab_size
     pool = unknown_token_pool(torch.unique(ids), c.vocab_size, (c.bos_token_id, c.eos_token_id, c.pad_token_id))
@@ -115,30 +115,22 @@ def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *
     # states before any insertion then learned to say "unknown" in every caption
     head = TokenReconstruction(vocabulary, c.hidden_size, eos, "prefix",
                                inverse_document_frequency(sample, vocabulary) + WORD_WEIGHT_FLOOR)
-    params = [*text_encoder.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = cosine_lr_budget(opt, budget, warmup=20)
     # only the world's words' embeddings learn: the inserted tokens' stay as initialised, like "sks"'s, so the
     # encoder learns to tell any untrained embedding from a world word instead of moving those it saw
     trained_rows = torch.zeros(c.vocab_size, 1)
     trained_rows[torch.unique(ids)] = 1
     mask = text_encoder.get_input_embeddings().weight.register_hook(lambda grad: grad * trained_rows)
-    text_encoder.train()
-    losses, step = [], 0
-    while not budget.done(step):
+
+    def batch_loss() -> torch.Tensor:
         batch, targets = insert_unknown_tokens(ids[torch.randint(len(ids), (batch_size,), generator=gen)],
                                                unknown_share, pool, eos, marker, gen)
-        loss = head(text_encoder(batch)[0], targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            log(f"text encoder step {step}: word loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        step += 1
-    mask.remove()
-    final = sum(losses[-50:]) / max(1, len(losses[-50:]))
-    log(f"text encoder: {step} steps on captions alone, final word loss {final:.4f}")
-    return step, final
+        return head(text_encoder(batch)[0], targets)
+
+    text_encoder.train()
+    params = [*text_encoder.parameters(), *head.parameters()]
+    try:
+        steps, final = train_steps(params, budget, batch_loss, log, lr=lr, warmup=20, name="word loss")
+    finally:
+        mask.remove()
+    log(f"text encoder: {steps} steps on captions alone, final word loss {final:.4f}")
+    return steps, final
