@@ -46,3 +46,13 @@ def test_the_toy_world_vae_trains_in_bf16_only_where_the_cpu_has_it():
     finally:
         handle.remove()
     assert conv_dtypes == ({torch.bfloat16} if cpu_has_fast_bf16() else {torch.float32})
+
+
+def test_toyworld_pretrain_warns_of_bf16_where_it_is_emulated():
+    from sksbooth.toyworld.pretrain import train_denoiser
+    latents, ids = torch.randn(4, 4, 8, 8), torch.full((4, 77), 49407)
+    ids[:, 0] = 49406
+    lines = []
+    config = PretrainConfig(unet_steps=1, unet_batch_size=2, text_width=32, unet_channels=(32, 64), mixed_precision="bf16")
+    train_denoiser(latents, ids, ids[0], config, log=lines.append)
+    assert any("emulated in software" in line for line in lines) == (not cpu_has_fast_bf16())

@@ -285,8 +285,8 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     from diffusers.models.attention_processor import AttnProcessor
     from ..train.losses import diffusion_target
     unet = build_unet(config)
-    if slow_bf16_warning("cpu", config.mixed_precision):
-        log(slow_bf16_warning("cpu", config.mixed_precision))
+    if warning := slow_bf16_warning("cpu", config.mixed_precision):
+        log(warning)
     text_encoder = build_text_encoder(config) if text_encoder is None else text_encoder
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
