@@ -23,9 +23,19 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def cpu_autocast():
+    """bf16 autocast on the CPU where it has bf16 instructions, a no-op (fp32) elsewhere."""
+    return torch.autocast("cpu", torch.bfloat16, enabled=cpu_has_fast_bf16())
+
+
+def cpu_autocast_name() -> str:
+    """What `cpu_autocast` does on this machine, for logs and MADE.md."""
+    return "bf16 autocast" if cpu_has_fast_bf16() else "fp32"
+
+
 def slow_bf16_warning(device, mixed_precision: Optional[str]) -> Optional[str]:
     """A message for a bf16 run on a CPU that would emulate it; None otherwise."""
-    if mixed_precision != "bf16" or str(device).split(":")[0] != "cpu" or cpu_has_fast_bf16():
+    if mixed_precision != "bf16" or torch.device(device).type != "cpu" or cpu_has_fast_bf16():
         return None
     return ("--mixed_precision bf16 on this CPU (no AVX512-BF16 or AMX) is emulated in software and runs several "
             "times slower than fp32; use --mixed_precision no here unless memory forces bf16.")

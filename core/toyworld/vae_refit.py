@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..cpu_precision import cpu_has_fast_bf16
+from ..cpu_precision import cpu_autocast
 from .pretrain import Log, StepBudget, cosine_lr_budget, cropped_batches, vae_loss
 from .world import make_dataset, random_colour_images
 
@@ -29,7 +29,7 @@ def refit_loss(vae, original, world: torch.Tensor, pictures: torch.Tensor, keep_
     """Reconstruction (MSE + L1) of both halves, plus keep_weight x the drift of the world half's latents
     (in the UNet's scaled units). Returns (loss, drift)."""
     x, scale = torch.cat([world, pictures]), original.config.scaling_factor
-    with torch.autocast("cpu", torch.bfloat16, enabled=cpu_has_fast_bf16()):
+    with cpu_autocast():
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample.float()
         with torch.no_grad():
@@ -44,7 +44,7 @@ def decoder_drift(vae, original, latents: torch.Tensor) -> torch.Tensor:
     the encoder keep term holds the world's own latents, but a base's generations are not exactly those,
     and a refit decoder can turn them into something else (a CLIP-style base's toys came out as the subject)."""
     z = latents / original.config.scaling_factor
-    with torch.autocast("cpu", torch.bfloat16, enabled=cpu_has_fast_bf16()):
+    with cpu_autocast():
         drawn = vae.decode(z).sample.float()
         with torch.no_grad():
             kept = original.decode(z).sample.float()

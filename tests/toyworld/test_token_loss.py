@@ -135,7 +135,7 @@ def test_an_unknown_token_goes_inside_the_caption_and_is_marked_for_the_loss():
 
 def words_pretrained(tmp_path, unknown_share: float):
     from sksbooth.toyworld.pretrain import StepBudget
-    from sksbooth.toyworld.token_loss import pretrain_on_words
+    from sksbooth.toyworld.text_pretrain import pretrain_on_words
     from sksbooth.toyworld.world import make_dataset
     tokenizer = build_tokenizer(tmp_path)
     _, captions, _ = make_dataset(300, seed=0)
