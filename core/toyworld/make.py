@@ -94,6 +94,19 @@ def vae_note(c: dict) -> str:
                    f" latents kept where the UNet learned them" if refit else "")
 
 
+def vae_line(made: dict) -> str:
+    c = made["config"]
+    if c.get("vae_from"):
+        return f"VAE: reused from {c['vae_from']} (not trained here; latents rescaled to unit variance)"
+    return (f"VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops"
+            f" ({made.get('vae_precision', 'bf16 autocast')}){vae_note(c)}")
+
+
+def ema_note(c: dict) -> str:
+    decay = c.get("unet_ema_decay", 0.0)
+    return f", the UNet's weights averaged (EMA decay {decay}, with warm-up)" if decay else ""
+
+
 def made_md(made: dict) -> str:
     c, s = made["config"], made.get("base_scores") or {"shape": float("nan"), "colour": float("nan"),
                                                             "background": float("nan")}
@@ -107,11 +120,11 @@ judge (`sksbooth.toyworld.checker`).
 - command: `{made['command']}`
 - seed: {c['seed']}; {c['num_images']} world images
 - time: {made['minutes']} min in all ({made['vae_minutes']} min world + VAE + latent cache), on 2 CPU cores
-- VAE (channels {c.get('vae_channels')}): {made['vae_steps']} steps of {c['vae_batch_size']} 32x32 crops ({made.get('vae_precision', 'bf16 autocast')}){vae_note(c)}
+- {vae_line(made)}
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
-  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{text_encoder_note(made)}
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{ema_note(c)}{text_encoder_note(made)}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

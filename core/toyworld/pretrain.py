@@ -45,6 +45,9 @@ class PretrainConfig:
     # keeping its world latents where the UNet learned them (sksbooth.toyworld.vae_refit): the shipped base's
     # last stage, which made its VAE decode the subject's cyan as cyan instead of blue
     vae_refit_steps: int = 0
+    # a diffusers pipeline folder (or its vae/ folder) whose VAE to use instead of training one: the shipped
+    # base's refit VAE lets a UNet trial skip the VAE's 14 minutes (its latents are recomputed and rescaled)
+    vae_from: str = ""
     unet_steps: int = 0  # 0: as many as fit in unet_minutes
     unet_minutes: float = 30.0
     unet_batch_size: int = 32
@@ -61,6 +64,9 @@ class PretrainConfig:
     loss_weighting: str = "high_noise"  # or "min_snr" (see sksbooth.train.losses)
     snr_floor: float = 0.0  # with "min_snr": the least x0-space weight of any step
     mixed_precision: str = "no"  # "bf16": autocast the denoiser's forward pass
+    # > 0: ship an exponential moving average of the UNet's weights (diffusers' EMAModel, with its warm-up),
+    # as SD's own checkpoints are; the last weights are saved too, beside the base, to compare
+    unet_ema_decay: float = 0.0
     # Trial options, off in the shipped base (MADE.md has the results). Trained jointly from scratch, the
     # encoder merges "circle" with "square" and "triangle" with "toy" (states 0.99 cosine-similar), so the
     # base draws the same shape for either word. Frozen embeddings alone did not help (the layers merged the
@@ -118,6 +124,11 @@ class PretrainConfig:
             raise ValueError(f"--text_encoder_objective must be one of {TEXT_OBJECTIVES}, not {self.text_encoder_objective!r}")
         if not 0 <= self.text_encoder_unknown_share < 1:
             raise ValueError(f"--text_encoder_unknown_share must be in [0, 1), not {self.text_encoder_unknown_share}")
+        if not 0 <= self.unet_ema_decay < 1:
+            raise ValueError(f"--unet_ema_decay must be 0 (off) or in (0, 1), not {self.unet_ema_decay}")
+        if self.vae_from and not (Path(self.vae_from) / "config.json").is_file() \
+                and not (Path(self.vae_from) / "vae" / "config.json").is_file():
+            raise ValueError(f"--vae_from {self.vae_from}: no diffusers VAE there (config.json or vae/config.json)")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
@@ -128,6 +139,13 @@ def build_vae(config: PretrainConfig):
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=config.vae_channels,
                          down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                          layers_per_block=1, norm_num_groups=min(32, min(config.vae_channels)), sample_size=64)
+
+
+def load_vae(path: str):
+    """The VAE of a diffusers pipeline folder, or a VAE folder, in fp32 for training-time encoding."""
+    from diffusers import AutoencoderKL
+    folder = Path(path) / "vae" if (Path(path) / "vae" / "config.json").is_file() else Path(path)
+    return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
 
 
 def build_unet(config: PretrainConfig):
@@ -309,6 +327,10 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
                             lr=config.unet_lr, weight_decay=1e-2)
     # a frozen encoder's states depend on the caption alone: computed once per distinct caption
     cache = None if train_text else CaptionStates(text_encoder, ids, empty_ids, config.mixed_precision == "bf16")
+    ema = None
+    if config.unet_ema_decay:
+        from diffusers.training_utils import EMAModel
+        ema = EMAModel(unet.parameters(), decay=config.unet_ema_decay, use_ema_warmup=True)
     budget = StepBudget(config.unet_steps, config.unet_minutes)
     sched = cosine_lr_budget(opt, budget)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -337,6 +359,8 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.step(unet.parameters())
         losses.append(per_sample.mean().item())
         if step % 100 == 0:
             words = f", word loss {sum(token_losses[-100:]) / len(token_losses[-100:]):.3f}" if token_losses else ""
@@ -345,7 +369,16 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     final = sum(losses[-200:]) / len(losses[-200:])
     log(f"unet: {step} steps, final loss (mean of the last 200) {final:.4f}")
     unet.set_default_attn_processor()
-    return unet.eval(), text_encoder.eval(), scheduler, final, step
+    last = None
+    if ema is not None:
+        last = {k: v.clone() for k, v in unet.state_dict().items()}
+        ema.copy_to(unet.parameters())
+    return unet.eval(), text_encoder.eval(), scheduler, final, step, last
+
+
+def last_unet_path(base: Path) -> Path:
+    """Where a base trained with --unet_ema_decay keeps its UNet's last (not averaged) weights."""
+    return base.with_name(base.name + "_unet_without_ema")
 
 
 def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = print) -> dict:
@@ -359,7 +392,11 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
     torch.manual_seed(config.seed)
     images, captions, _ = make_dataset(config.num_images, config.seed)
     log(f"world: {len(images)} images in {time.monotonic() - started:.0f} s")
-    vae, vae_steps = train_vae(vae_pictures(images, config), config, log)
+    if config.vae_from:
+        vae, vae_steps = load_vae(config.vae_from), 0
+        log(f"vae: reused from {config.vae_from}")
+    else:
+        vae, vae_steps = train_vae(vae_pictures(images, config), config, log)
     latents = encode_latents(vae, images)
     vae_minutes = (time.monotonic() - started) / 60
     with tempfile.TemporaryDirectory() as tmp:
@@ -377,8 +414,8 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
             steps, loss = pretrain_text_encoder(text_encoder, latents, ids, budget, config.seed + 2, log,
                                                 lr=config.text_encoder_lr, pooling=config.text_encoder_pooling)
         text = {"text_encoder_steps": steps, "text_encoder_loss": round(loss, 4)}
-    unet, text_encoder, scheduler, final_loss, unet_steps = train_denoiser(latents, ids, empty, config, log,
-                                                                           text_encoder)
+    unet, text_encoder, scheduler, final_loss, unet_steps, last_unet = train_denoiser(latents, ids, empty, config,
+                                                                                      log, text_encoder)
     if config.vae_refit_steps:
         from .vae_refit import refit_vae
         vae = refit_vae(vae, images, steps=config.vae_refit_steps, batch_size=config.vae_batch_size,
@@ -388,6 +425,10 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
                                    requires_safety_checker=False).to(torch.float16)
     with atomic_dir(Path(dest)) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+    if last_unet is not None:  # the UNet's last weights, to compare with the average the base ships
+        unet.load_state_dict(last_unet)
+        with atomic_dir(last_unet_path(Path(dest))) as tmp:
+            unet.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     return {"config": asdict(config), "minutes": round((time.monotonic() - started) / 60, 1),
             "vae_minutes": round(vae_minutes, 1), "vae_steps": vae_steps,
             "vae_precision": cpu_autocast_name(), "unet_steps": unet_steps,

@@ -115,7 +115,7 @@ WORD_WEIGHT_FLOOR = 0.1
 def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *, lr: float, unknown_share: float,
                       batch_size: int = 256) -> tuple[int, float]:
     """Train `text_encoder` in place on captions alone: each state must name every caption word up to it (the
-    "prefix" loss, rarer words weighing more), and with `unknown_share` > 0 also an inserted unknown token.
+    "prefix" loss, rarer words weighing more; the padding states the whole caption), and with `unknown_share` > 0 also an inserted unknown token.
     No images: a few seconds a hundred steps, against the CLIP-style pretraining's minutes. Returns (steps,
     final loss); the loss cannot fall below the soft targets' own entropy."""
     c, gen = text_encoder.config, torch.Generator().manual_seed(seed)
@@ -126,7 +126,7 @@ def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *
     # every word weighs a little, "a photo of" too: a state with nothing to name would be left free, and the
     # states before any insertion then learned to say "unknown" in every caption
     head = TokenReconstruction(vocabulary, c.hidden_size, eos, "prefix",
-                               inverse_document_frequency(sample, vocabulary) + WORD_WEIGHT_FLOOR)
+                               inverse_document_frequency(sample, vocabulary) + WORD_WEIGHT_FLOOR, padding=True)
     # only the world's words' embeddings learn: the inserted tokens' stay as initialised, like "sks"'s, so the
     # encoder learns to tell any untrained embedding from a world word instead of moving those it saw
     trained_rows = torch.zeros(c.vocab_size, 1)

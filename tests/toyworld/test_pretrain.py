@@ -138,3 +138,33 @@ def test_the_vae_refit_stage_changes_the_vae_and_nothing_else(tmp_path):
     assert same("unet", "diffusion_pytorch_model.safetensors") and same("text_encoder", "model.safetensors")
     assert not same("vae", "diffusion_pytorch_model.safetensors")
     assert any("vae refit step 1" in line for line in logged)
+
+
+def test_a_reused_vae_ships_as_it_was_and_an_ema_unet_keeps_its_last_weights_beside(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from sksbooth.toyworld.make import made_md
+    from sksbooth.toyworld.pretrain import last_unet_path
+    tiny = dict(num_images=16, vae_steps=2, vae_batch_size=4, unet_steps=4, unet_batch_size=4, text_width=32,
+                unet_channels=(32, 64))
+    pretrain(tmp_path / "first", PretrainConfig(**tiny), log=lambda _: None)
+    logged = []
+    config = PretrainConfig(**tiny, vae_from=str(tmp_path / "first"), unet_ema_decay=0.9)
+    made = pretrain(tmp_path / "second", config, log=logged.append)
+    assert made["vae_steps"] == 0 and not any("vae step" in line for line in logged)
+
+    def weights(folder):
+        with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "first" / "vae").values(),
+                                                  weights(tmp_path / "second" / "vae").values()))
+    shipped, last = weights(tmp_path / "second" / "unet"), weights(last_unet_path(tmp_path / "second"))
+    assert shipped.keys() == last.keys() and any(not torch.equal(shipped[k], last[k]) for k in shipped)
+    assert UNet2DConditionModel.from_pretrained(last_unet_path(tmp_path / "second")).dtype == torch.float16
+    made |= {"command": "dreambooth toyworld-pretrain DEST"}
+    assert "VAE: reused from" in made_md(made) and "EMA decay 0.9" in made_md(made)
+
+
+def test_a_vae_from_folder_without_a_vae_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="vae_from"):
+        PretrainConfig(vae_from=str(tmp_path))
