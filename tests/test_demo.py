@@ -15,11 +15,25 @@ from sksbooth.toyworld.assets import base_path
 def test_subject_images_are_distinct_and_reproducible(tmp_path):
     first = make_subject_images(tmp_path / "a")
     second = make_subject_images(tmp_path / "b")
-    names = sorted(p.name for p in first.iterdir())
+    names = sorted(p.name for p in first.glob("*.png"))
     assert len(names) == 5
     contents = [(first / n).read_bytes() for n in names]
     assert len(set(contents)) == 5  # five different photos of the toy
     assert contents == [(second / n).read_bytes() for n in names]  # same seed, same photos
+
+
+def test_subject_photos_are_captioned_with_their_backgrounds(tmp_path):
+    from sksbooth.data.images import ImageFolder
+    from sksbooth.toyworld.assets import load_shipped_checker
+    from sksbooth.toyworld.quality import judge
+    from sksbooth.toyworld.world import COLOUR_NAMES
+    folder = make_subject_images(tmp_path / "subject")
+    photos = sorted(folder.glob("*.png"))
+    captions = [ImageFolder(folder).caption_for(p, "a photo of a sks toy") for p in photos]  # what training reads
+    assert set(captions) == {"a photo of a sks toy on a white background", "a photo of a sks toy on a yellow background"}
+    from PIL import Image
+    drawn = judge(load_shipped_checker(), [Image.open(p) for p in photos])["background"]
+    assert [f"on a {COLOUR_NAMES[int(b)]} background" in c for b, c in zip(drawn, captions)] == [True] * 5
 
 
 @pytest.mark.slow

@@ -121,11 +121,19 @@ def make_dataset(count: int, seed: int = 0) -> tuple[np.ndarray, list[str], list
     return images, captions, scenes
 
 
-def subject_images(count: int = 5, seed: int = 0, backgrounds: tuple[str, ...] = ("white", "yellow")) -> list[Image.Image]:
-    """Photos of the DreamBooth subject, on the few backgrounds its owner photographed it on."""
+def subject_photos(count: int = 5, seed: int = 0,
+                   backgrounds: tuple[str, ...] = ("white", "yellow")) -> list[tuple[Image.Image, Scene]]:
+    """Photos of the DreamBooth subject, on the few backgrounds its owner photographed it on, with their scenes."""
     rng = random.Random(10_000 + seed)
-    return [render(random_scene(rng, SUBJECT, background=backgrounds[i % len(backgrounds)]), rng)
-            for i in range(count)]
+    scenes = []
+    for i in range(count):
+        scene = random_scene(rng, SUBJECT, background=backgrounds[i % len(backgrounds)])
+        scenes.append((render(scene, rng), scene))
+    return scenes
+
+
+def subject_images(count: int = 5, seed: int = 0, backgrounds: tuple[str, ...] = ("white", "yellow")) -> list[Image.Image]:
+    return [image for image, _ in subject_photos(count, seed, backgrounds)]
 
 
 def random_colour_image(rng: random.Random) -> Image.Image:
