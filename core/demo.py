@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-DEMO_STEPS = 500  # with captioned photos; 300 drew the subject less often (52% vs 70%, seeds 0-2)
+DEMO_STEPS = 500  # with captioned photos; 300 recognised the subject less often (57% vs 71%, seeds 0-6)
 NUM_SUBJECT_IMAGES = 5
 
 

@@ -125,11 +125,11 @@ def subject_photos(count: int = 5, seed: int = 0,
                    backgrounds: tuple[str, ...] = ("white", "yellow")) -> list[tuple[Image.Image, Scene]]:
     """Photos of the DreamBooth subject, on the few backgrounds its owner photographed it on, with their scenes."""
     rng = random.Random(10_000 + seed)
-    scenes = []
+    photos = []
     for i in range(count):
         scene = random_scene(rng, SUBJECT, background=backgrounds[i % len(backgrounds)])
-        scenes.append((render(scene, rng), scene))
-    return scenes
+        photos.append((render(scene, rng), scene))
+    return photos
 
 
 def subject_images(count: int = 5, seed: int = 0, backgrounds: tuple[str, ...] = ("white", "yellow")) -> list[Image.Image]:
