@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -126,8 +126,7 @@ class PretrainConfig:
             raise ValueError(f"--text_encoder_unknown_share must be in [0, 1), not {self.text_encoder_unknown_share}")
         if not 0 <= self.unet_ema_decay < 1:
             raise ValueError(f"--unet_ema_decay must be 0 (off) or in (0, 1), not {self.unet_ema_decay}")
-        if self.vae_from and not (Path(self.vae_from) / "config.json").is_file() \
-                and not (Path(self.vae_from) / "vae" / "config.json").is_file():
+        if self.vae_from and vae_folder(self.vae_from) is None:
             raise ValueError(f"--vae_from {self.vae_from}: no diffusers VAE there (config.json or vae/config.json)")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
@@ -141,11 +140,18 @@ def build_vae(config: PretrainConfig):
                          layers_per_block=1, norm_num_groups=min(32, min(config.vae_channels)), sample_size=64)
 
 
+def vae_folder(path: str) -> Optional[Path]:
+    """The VAE folder of a diffusers pipeline folder, or `path` itself if it is one; None if neither."""
+    for folder in (Path(path) / "vae", Path(path)):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
 def load_vae(path: str):
     """The VAE of a diffusers pipeline folder, or a VAE folder, in fp32 for training-time encoding."""
     from diffusers import AutoencoderKL
-    folder = Path(path) / "vae" if (Path(path) / "vae" / "config.json").is_file() else Path(path)
-    return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    return AutoencoderKL.from_pretrained(vae_folder(path), torch_dtype=torch.float32).eval()
 
 
 def build_unet(config: PretrainConfig):
@@ -298,6 +304,15 @@ class CaptionStates:
         self.index, self.empty = inverse[:-1], inverse[-1]
 
 
+class TrainedDenoiser(NamedTuple):
+    unet: object
+    text_encoder: object
+    scheduler: object
+    final_loss: float
+    steps: int
+    last_unet_weights: Optional[dict]  # with --unet_ema_decay: the last weights; `unet` holds their average
+
+
 def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, config: PretrainConfig,
                    log: Log, text_encoder=None):
     """Train a new UNet (and `text_encoder`, or a new one, unless the config freezes it)."""
@@ -373,7 +388,7 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     if ema is not None:
         last = {k: v.clone() for k, v in unet.state_dict().items()}
         ema.copy_to(unet.parameters())
-    return unet.eval(), text_encoder.eval(), scheduler, final, step, last
+    return TrainedDenoiser(unet.eval(), text_encoder.eval(), scheduler, final, step, last)
 
 
 def last_unet_path(base: Path) -> Path:

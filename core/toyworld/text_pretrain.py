@@ -115,9 +115,9 @@ WORD_WEIGHT_FLOOR = 0.1
 def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *, lr: float, unknown_share: float,
                       batch_size: int = 256) -> tuple[int, float]:
     """Train `text_encoder` in place on captions alone: each state must name every caption word up to it (the
-    "prefix" loss, rarer words weighing more; the padding states the whole caption), and with `unknown_share` > 0 also an inserted unknown token.
-    No images: a few seconds a hundred steps, against the CLIP-style pretraining's minutes. Returns (steps,
-    final loss); the loss cannot fall below the soft targets' own entropy."""
+    "prefix" loss, rarer words weighing more; the padding states the whole caption), and with `unknown_share`
+    > 0 also an inserted unknown token. No images: a few seconds a hundred steps, against the CLIP-style
+    pretraining's minutes. Returns (steps, final loss); the loss cannot fall below the soft targets' own entropy."""
     c, gen = text_encoder.config, torch.Generator().manual_seed(seed)
     eos, marker = c.eos_token_id, c.vocab_size
     pool = unknown_token_pool(torch.unique(ids), c.vocab_size, (c.bos_token_id, c.eos_token_id, c.pad_token_id))
