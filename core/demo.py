@@ -50,6 +50,7 @@ def make_subject_images(folder: Path, count: int = NUM_SUBJECT_IMAGES, seed: int
 def demo_config(out: Path, base: Path, subject: Path, steps: int, prior: bool = True):
     from .config import TrainConfig
     from .toyworld.quality import CLASS_PROMPT, INSTANCE_PROMPT
+    from .toyworld.world import on_background
     return TrainConfig(
         pretrained_model_name_or_path=str(base), instance_data_dir=str(subject), output_dir=str(out),
         instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT, with_prior_preservation=prior,
@@ -59,7 +60,7 @@ def demo_config(out: Path, base: Path, subject: Path, steps: int, prior: bool = 
         # weights (61% vs 62%), class-prompt DIV 13% below the base's instead of 21% (QUALITY.md)
         use_ema=True, ema_decay=0.99,
         checkpointing_steps=steps, checkpoints_total_limit=1, save_single_file=False,
-        validation_prompt=f"{INSTANCE_PROMPT} on a green background|{CLASS_PROMPT}", num_validation_images=4,
+        validation_prompt=f"{on_background(INSTANCE_PROMPT, 'green')}|{CLASS_PROMPT}", num_validation_images=4,
         validation_steps=max(1, steps // 2), num_validation_inference_steps=20)
 
 

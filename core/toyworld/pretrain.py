@@ -101,7 +101,8 @@ class PretrainConfig:
     text_token_loss_span: str = "own"
 
     @property
-    def contrastive_text_encoder(self) -> bool:
+    def pretrains_text_encoder(self) -> bool:
+        """Whether the text encoder is pretrained on its own before the UNet (by either objective)."""
         return self.text_encoder_steps > 0 or self.text_encoder_minutes > 0
 
     def __post_init__(self):
@@ -113,7 +114,7 @@ class PretrainConfig:
             raise ValueError(f"--vae_random_colour_share must be in [0, 1), not {self.vae_random_colour_share}")
         if self.text_token_loss_weight < 0:
             raise ValueError(f"--text_token_loss_weight must be 0 (off) or more, not {self.text_token_loss_weight}")
-        frozen = self.freeze_text_encoder or (self.contrastive_text_encoder and not self.text_encoder_joint_lr)
+        frozen = self.freeze_text_encoder or (self.pretrains_text_encoder and not self.text_encoder_joint_lr)
         if self.text_token_loss_weight > 0 and frozen:
             raise ValueError("--text_token_loss_weight trains the text encoder with the UNet; it cannot go with "
                              "--freeze_text_encoder, nor with --text_encoder_minutes/steps unless "
@@ -324,7 +325,7 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Te
     text_encoder = build_text_encoder(config) if text_encoder is None else text_encoder
     scheduler = build_scheduler(config.prediction_type)
     unet.set_attn_processor(AttnProcessor())  # plain matmuls beat CPU flash attention at these widths (~1.4x)
-    pretrained = config.contrastive_text_encoder
+    pretrained = config.pretrains_text_encoder
     train_text = not config.freeze_text_encoder and (not pretrained or config.text_encoder_joint_lr > 0)
     text_encoder.requires_grad_(train_text)
     if config.freeze_token_embeddings:
@@ -418,7 +419,7 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
         tokenizer = build_tokenizer(Path(tmp))
     ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
     text_encoder, text = None, {}
-    if config.contrastive_text_encoder:
+    if config.pretrains_text_encoder:
         from .text_pretrain import pretrain_text_encoder
         text_encoder = build_text_encoder(config)
         budget = StepBudget(config.text_encoder_steps, config.text_encoder_minutes)

@@ -14,7 +14,7 @@ import torch
 
 from ..evaluate.metrics import div, pres, subject_fidelity
 from .checker import SHAPE_LABELS, Checker, to_tensor
-from .world import COLOUR_NAMES, SHAPES, SUBJECT, random_scene
+from .world import COLOUR_NAMES, SHAPES, SUBJECT, on_background, random_scene
 
 INSTANCE_PROMPT = "a photo of a sks toy"
 CLASS_PROMPT = "a photo of a toy"
@@ -60,8 +60,7 @@ def score_dreambooth(pipe, checker: Checker, real_subject, per_prompt: int = 8, 
                      class_images: Optional[list] = None, **gen) -> dict[str, float]:
     """The paper's Table 1/3 metrics in the toy world (features: the checker's), plus the checker's
     verdicts: subject recognised, asked background drawn, class prompt drifting to the subject."""
-    noun_prompt = instance_prompt.removeprefix("a photo of ")
-    prompts = [f"a photo of {noun_prompt} on a {b} background" for b in SUBJECT_BACKGROUNDS for _ in range(per_prompt)]
+    prompts = [on_background(instance_prompt, b) for b in SUBJECT_BACKGROUNDS for _ in range(per_prompt)]
     subject = judge(checker, generate(pipe, prompts, seed=seed, **gen))
     asked_bg = torch.tensor([COLOUR_NAMES.index(b) for b in SUBJECT_BACKGROUNDS for _ in range(per_prompt)])
     class_images = class_images or generate(pipe, [class_prompt] * (2 * per_prompt), seed=seed + 10_000, **gen)

@@ -8,8 +8,9 @@ from PIL import Image
 
 from ..fsutil import atomic_file, atomic_write_text
 from .quality import CLASS_PROMPT, INSTANCE_PROMPT, SUBJECT_BACKGROUNDS, generate, score_dreambooth
+from .world import on_background
 
-ROWS = tuple(f"{INSTANCE_PROMPT} on a {b} background" for b in SUBJECT_BACKGROUNDS) + (CLASS_PROMPT,)
+ROWS = tuple(on_background(INSTANCE_PROMPT, b) for b in SUBJECT_BACKGROUNDS) + (CLASS_PROMPT,)
 LABELS = {"subject_recognised": "subject recognised (checker)", "subject_fidelity": "subject fidelity (DINO-like)",
           "prompt_fidelity": "asked background drawn (CLIP-T-like)", "pres": "PRES (lower is better)",
           "div": "DIV (higher is more diverse)", "class_drift": "class prompt drawn as the subject",

@@ -24,6 +24,11 @@ COLOUR_NAMES = tuple(COLOURS)
 SUBJECT_BODY, SUBJECT_HEAD, SUBJECT_STRIPE = (250, 140, 20), (30, 200, 210), (30, 30, 30)  # orange, cyan, black
 
 
+def on_background(prompt: str, background: str) -> str:
+    """The world's way to say where a thing is: "a photo of a red circle" -> "... on a blue background"."""
+    return f"{prompt} on a {background} background"
+
+
 @dataclass(frozen=True)
 class Scene:
     shape: str  # one of SHAPES, or SUBJECT
@@ -36,7 +41,7 @@ class Scene:
     def caption(self, noun: str = "") -> str:
         noun = noun or self.shape
         what = f"a {self.colour} {noun}" if self.colour else noun
-        return f"a photo of {what} on a {self.background} background"
+        return on_background(f"a photo of {what}", self.background)
 
 
 def jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 12) -> tuple[int, ...]:
@@ -104,7 +109,7 @@ def training_caption(scene: Scene, rng: random.Random) -> str:
     if r < 0.80:
         return f"a photo of a {scene.colour} {scene.shape}"
     if r < 0.90:
-        return f"a photo of a {scene.shape} on a {scene.background} background"
+        return on_background(f"a photo of a {scene.shape}", scene.background)
     return f"a photo of a {scene.shape}"
 
 

@@ -84,7 +84,7 @@ def test_made_md_records_how_the_text_encoder_was_pretrained():
     import dataclasses
     from sksbooth.toyworld.make import made_md, parse
     _, config, _ = parse(["dest", "--text_encoder_minutes", "5"])
-    assert config.contrastive_text_encoder and not PretrainConfig().contrastive_text_encoder
+    assert config.pretrains_text_encoder and not PretrainConfig().pretrains_text_encoder
     made = {"config": dataclasses.asdict(config), "minutes": 40.0, "vae_minutes": 9.0, "vae_steps": 1, "unet_steps": 2,
             "final_loss": 0.1, "command": "dreambooth toyworld-pretrain DEST", "text_encoder_steps": 700,
             "text_encoder_loss": 2.0}
