@@ -61,7 +61,7 @@ class TrainConfig:
     variant: Optional[str] = opt(None, "Variant of the model files to load, e.g. 'fp16'.")
     tokenizer_name: Optional[str] = opt(None, "Tokenizer folder, if not the base model's.")
     instance_data_dir: Optional[str] = opt(None, "Folder with the subject's photos (3-30 images).")
-    class_data_dir: Optional[str] = opt(None, "Folder of class images for prior preservation (topped up by generation). Default: OUTPUT_DIR/class_images.")
+    class_data_dir: Optional[str] = opt(None, "Folder of class images for prior preservation (topped up by generation); a name.txt beside an image is its caption, else --class_prompt. Default: OUTPUT_DIR/class_images.")
     instance_prompt: Optional[str] = opt(None, "Prompt with the rare identifier, e.g. 'a photo of sks dog'.")
     class_prompt: Optional[str] = opt(None, "Prompt for the class, e.g. 'a photo of dog'.")
     with_prior_preservation: bool = opt(False, "Add the class-specific prior-preservation loss.")

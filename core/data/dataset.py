@@ -26,7 +26,9 @@ class DreamBoothDataset(Dataset):
         self.instance_images = list(instance.images)
         self.instance_captions = [instance.caption_for(p, instance_prompt) for p in self.instance_images]
         self.class_images = list(class_folder.images) if class_folder else []
-        self.class_prompt = class_prompt
+        # Captioned class images (kohya's captioned regularisation images) keep what their captions say
+        # in the prior: e.g. "a photo of a dog on a beach" keeps the class composing with backgrounds.
+        self.class_captions = [class_folder.caption_for(p, class_prompt) for p in self.class_images]
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.seed, self.caption_dropout_rate = seed, caption_dropout_rate
         self.epoch = 0
@@ -75,7 +77,7 @@ class DreamBoothDataset(Dataset):
         if self.class_images:
             j = index % len(self.class_images)
             what, value, time_ids = self._image("class", j, self.class_images[j], size, rng)
-            item.update({f"class_{what}": value, "class_prompt": self.class_prompt, "class_time_ids": time_ids})
+            item.update({f"class_{what}": value, "class_prompt": self.class_captions[j], "class_time_ids": time_ids})
         if self.caption_dropout_rate:  # drawn after the images', so runs without dropout see the same flips
             for kind in ("instance", "class") if self.class_images else ("instance",):
                 if rng.random() < self.caption_dropout_rate:

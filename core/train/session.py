@@ -174,7 +174,7 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
                             config.text_encoder_use_attention_mask, parts.tokenizer_2,
                             encoders[1] if parts.is_sdxl else None)
     if config.pre_compute_text_embeddings:
-        prompts.precompute(dataset.instance_captions + [config.class_prompt or ""], accelerator.device)
+        prompts.precompute(dataset.instance_captions + dataset.class_captions + [""], accelerator.device)
         for encoder in (parts.text_encoder, parts.text_encoder_2):
             if encoder is not None:
                 offload(encoder)

@@ -98,3 +98,14 @@ def test_caption_dropout_empties_about_that_share_of_captions_and_leaves_the_ima
     assert all(plain[i]["class_prompt"] == "a photo of dog" for i in range(len(plain)))
     # the same flips and crops with or without dropout
     assert all(torch.equal(plain[i]["instance_pixels"], items[i]["instance_pixels"]) for i in range(len(plain)))
+
+
+def test_captioned_class_images_keep_their_captions(tmp_path, instance_dir):
+    # kohya-style captioned regularisation images: the prior is trained on what each caption says
+    folder = class_dir(tmp_path, n=3)
+    (folder / "class_00001.txt").write_text("a photo of dog on a beach")
+    ds = DreamBoothDataset(scan_image_folder(instance_dir, "instance"), "a photo of sks dog", RES,
+                           class_folder=scan_image_folder(folder, "class"), class_prompt="a photo of dog")
+    assert [ds[i]["class_prompt"] for i in range(3)] == ["a photo of dog", "a photo of dog on a beach",
+                                                         "a photo of dog"]
+    assert collate([ds[1]])["prompts"] == ["a photo of sks dog", "a photo of dog on a beach"]
