@@ -83,4 +83,6 @@ class PromptEncoder:
         return {"encoder_hidden_states": hidden, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
     def precompute(self, prompts: list[str], device) -> None:
-        self(list(prompts), device)
+        # unique prompts only: hundreds of class images usually share one caption, and the stacked
+        # result of encode() would hold a copy of the states for each
+        self(sorted(set(prompts)), device)
