@@ -244,7 +244,11 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0, adapter_name: Optiona
 
 def find_lora_file(folder: str | Path) -> Optional[Path]:
     """The LoRA a training run wrote into `folder`: a kohya file or pytorch_lora_weights.safetensors (newest wins)."""
-    folder = Path(folder)
-    found = [f for f in folder.glob("*.safetensors")
-             if f.name == "pytorch_lora_weights.safetensors" or is_kohya_lora(f)]
+    found = [f for f in Path(folder).glob("*.safetensors") if is_lora_file(f)]
     return max(found, key=lambda f: f.stat().st_mtime) if found else None
+
+
+def is_lora_file(path: str | Path) -> bool:
+    """A LoRA file: kohya keys, or diffusers' pytorch_lora_weights.safetensors."""
+    path = Path(path)
+    return path.suffix == ".safetensors" and (path.name == "pytorch_lora_weights.safetensors" or is_kohya_lora(path))

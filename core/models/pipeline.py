@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .load import check_model_path
-from .lora_files import apply_lora, find_lora_file
+from .lora_files import apply_lora, find_lora_file, is_lora_file
 
 DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: torch.float32}
 
@@ -40,13 +40,16 @@ def resolve_model_dir(path: str, allow_pickle: bool = False) -> tuple[Path, Opti
     """A model argument -> (diffusers folder, optional LoRA file).
 
     Accepts a diffusers folder, one of our training outputs (full model in model/,
-    or a LoRA file, kohya or diffusers format, whose base is named in the saved config).
+    or a LoRA file, kohya or diffusers format, whose base is named in the saved config),
+    or the LoRA file of such an output itself (what `train` returns as the model path).
     """
     p = Path(path).expanduser()
     if (p / "model" / "model_index.json").is_file():
         return p / "model", None
-    saved = p / "dreambooth_config.json"
-    lora = find_lora_file(p) if saved.is_file() else None
+    saved = (p.parent if p.is_file() else p) / "dreambooth_config.json"
+    lora = None
+    if saved.is_file():
+        lora = (p if is_lora_file(p) else None) if p.is_file() else find_lora_file(p)
     if lora is not None:
         base = json.loads(saved.read_text(encoding="utf-8")).get("pretrained_model_name_or_path")
         return check_model_path(base, allow_pickle=allow_pickle), lora

@@ -19,14 +19,14 @@ def base_path() -> Path:
 
 
 def load_pipeline(path: str | Path | None = None):
-    """A fp32 StableDiffusionPipeline (CPU) of the base or of a fine-tuned model folder."""
+    """A fp32 StableDiffusionPipeline (CPU) of the base, a fine-tuned model folder or a LoRA run's output folder
+    (its LoRA fused into the base its config names)."""
     import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(str(path or base_path()), torch_dtype=torch.float32,
-                                                   safety_checker=None, requires_safety_checker=False)
+    from diffusers import DPMSolverMultistepScheduler
+    from ..models.pipeline import load_pipeline as load_any
+    pipe = load_any(str(path or base_path()), torch.float32)
     # the folder keeps the DDPM training schedule; DPM-Solver samples it well in 20 steps
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 

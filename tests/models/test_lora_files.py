@@ -189,6 +189,7 @@ def test_kohya_file_at_strength_1_reproduces_the_fine_tuned_predictions(tiny_mod
     out = tmp_path / "run"
     lora = save_run(pipe, lora_config(tiny_model, out, lora_save_precision=precision))
     assert resolve_model_dir(str(out)) == (tiny_model, lora)  # `generate --model OUT` finds the LoRA and its base
+    assert resolve_model_dir(str(lora)) == (tiny_model, lora)  # so does the file `train` returns as its model path
     assert (tuned_eps - base_eps).abs().max() > 0.1 and (tuned_emb - base_emb).abs().max() > 0.1
     emb, eps = predictions(load_pipeline(str(out), lora_scale=1.0))
     assert (emb - tuned_emb).abs().max() < tol * max(1.0, tuned_emb.abs().max().item())
