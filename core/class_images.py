@@ -10,7 +10,7 @@ import torch
 
 from .config import ClassImagesConfig
 from .data.images import ImageFolder, scan_image_folder
-from .errors import StopRequested
+from .errors import ConfigError, StopRequested
 from .events import Callback, StopFlag, emit
 from .fsutil import atomic_write_text
 from .models.pipeline import DTYPES, load_pipeline, native_resolution
@@ -32,9 +32,21 @@ def missing_class_indices(folder: Path, have: int, want: int, unreadable: Iterab
     return out
 
 
+def class_prompts(config: ClassImagesConfig) -> list[str]:
+    """--class_prompt, or the non-blank lines of --class_prompts_file."""
+    if not config.class_prompts_file:
+        return [config.class_prompt]
+    path = Path(config.class_prompts_file).expanduser()
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"--class_prompts_file {path} holds no prompt; write one class prompt per line.")
+    return lines
+
+
 def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callback] = (),
                           stop: Optional[StopFlag] = None, pipe=None) -> ImageFolder:
-    """Top up `config.class_data_dir` to `num_class_images`; image k is drawn with seed + k.
+    """Top up `config.class_data_dir` to `num_class_images`; image k is drawn with seed + k
+    (and with prompt k of --class_prompts_file, cycling, its caption written beside it).
 
     Each new image gets a JSON sidecar with its prompt, seed and settings. Stopping
     keeps every image already written (a rerun continues where it stopped).
@@ -46,6 +58,7 @@ def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callbac
     todo = missing_class_indices(folder, len(existing.images), config.num_class_images, existing.skipped)
     if not todo:
         return existing
+    prompts = class_prompts(config)
     if pipe is None:
         pipe = load_pipeline(config.pretrained_model_name_or_path, DTYPES[config.prior_generation_precision],
                              variant=config.variant, allow_pickle=config.allow_pickle_checkpoints)
@@ -58,15 +71,17 @@ def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callbac
         batch = todo[start:start + config.sample_batch_size]
         generators = [torch.Generator("cpu").manual_seed(config.seed + k) for k in batch]
         with torch.no_grad():
-            images = pipe(config.class_prompt, num_images_per_prompt=len(batch), generator=generators,
+            images = pipe([prompts[k % len(prompts)] for k in batch], generator=generators,
                           num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                           height=size, width=size).images
         for k, image in zip(batch, images):
-            path = folder / f"class_{k:05d}.png"
-            sidecar = {"prompt": config.class_prompt, "seed": config.seed + k, "steps": config.num_inference_steps,
+            path, prompt = folder / f"class_{k:05d}.png", prompts[k % len(prompts)]
+            sidecar = {"prompt": prompt, "seed": config.seed + k, "steps": config.num_inference_steps,
                        "guidance_scale": config.guidance_scale, "size": size,
                        "model": str(config.pretrained_model_name_or_path)}
             atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
+            if config.class_prompts_file:  # before the image: no image without its caption
+                atomic_write_text(path.with_suffix(".txt"), prompt)
             save_png(image, path)
         emit(callbacks, "progress", start + len(batch), len(todo), job="class-images")
     return scan_image_folder(folder, "class")

@@ -376,6 +376,7 @@ class ClassImagesConfig:
 
     pretrained_model_name_or_path: Optional[str] = opt(None, "Base model: a diffusers folder or a .safetensors checkpoint.")
     class_prompt: Optional[str] = opt(None, "Prompt for the class, e.g. 'a photo of dog'.")
+    class_prompts_file: Optional[str] = opt(None, "A text file of class prompts, one per line, instead of --class_prompt: image k is drawn with line k (cycling), and its prompt is saved beside it as its caption (class_k.txt), which training reads, as kohya's captioned regularisation images.")
     class_data_dir: Optional[str] = opt(None, "Folder to fill; existing images are reused.")
     num_class_images: int = opt(100, "How many class images the folder should hold.")
     sample_batch_size: int = opt(4, "Images per forward pass.")
@@ -393,8 +394,12 @@ class ClassImagesConfig:
             raise ConfigError("Invalid class-image configuration:\n  - " + "\n  - ".join(problems))
         if not self.pretrained_model_name_or_path:
             problems.append("--pretrained_model_name_or_path is required.")
-        if not self.class_prompt:
-            problems.append("--class_prompt is required, e.g. 'a photo of dog'.")
+        if not self.class_prompt and not self.class_prompts_file:
+            problems.append("--class_prompt is required, e.g. 'a photo of dog' (or --class_prompts_file).")
+        if self.class_prompt and self.class_prompts_file:
+            problems.append("Give --class_prompt or --class_prompts_file, not both.")
+        if self.class_prompts_file and not Path(self.class_prompts_file).expanduser().is_file():
+            problems.append(f"--class_prompts_file {self.class_prompts_file} is not a file.")
         if not self.class_data_dir:
             problems.append("--class_data_dir is required.")
         if self.num_class_images < 0 or self.sample_batch_size < 1:

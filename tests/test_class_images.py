@@ -153,3 +153,39 @@ def test_stop_set_before_start_writes_nothing(tiny_model, pipe, tmp_path):
     with pytest.raises(StopRequested):
         generate_class_images(make_config(tiny_model, folder, num_class_images=2), stop=stop, pipe=pipe)
     assert list(folder.iterdir()) == []
+
+
+def test_prompts_file_draws_each_line_in_turn_and_captions_it(pipe, tiny_model, tmp_path):
+    from sksbooth.data.images import ImageFolder
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of dog on grass\n\n  a photo of dog on snow  \n", encoding="utf-8")
+    folder = tmp_path / "class"
+    config = make_config(tiny_model, folder, class_prompt=None, class_prompts_file=str(prompts), num_class_images=3,
+                         sample_batch_size=3)
+    generate_class_images(config, pipe=pipe)
+    expected = ["a photo of dog on grass", "a photo of dog on snow", "a photo of dog on grass"]
+    names = [f"class_{k:05d}.png" for k in range(3)]
+    assert [json.loads((folder / n).with_suffix(".json").read_text())["prompt"] for n in names] == expected
+    assert [ImageFolder(folder).caption_for(folder / n, PROMPT) for n in names] == expected  # what training reads
+    # image k is drawn with prompt k and seed + k: image 1 is what one --class_prompt "snow" draws at seed 8
+    single = tmp_path / "single"
+    generate_class_images(make_config(tiny_model, single, num_class_images=1, sample_batch_size=1, seed=8,
+                                      class_prompt="a photo of dog on snow"), pipe=pipe)
+    assert not (single / "class_00000.txt").exists()  # one --class_prompt: training falls back to it
+    diff = np.abs(pixels(single / "class_00000.png").astype(int) - pixels(folder / "class_00001.png"))
+    assert diff.max() <= 1
+    other = np.abs(pixels(single / "class_00000.png").astype(int) - pixels(folder / "class_00000.png"))
+    assert other.max() > 1
+
+
+def test_prompts_file_errors(tiny_model, tmp_path):
+    from sksbooth.errors import ConfigError
+    with pytest.raises(ConfigError, match="not both"):
+        make_config(tiny_model, tmp_path / "c", class_prompts_file=str(tmp_path))
+    with pytest.raises(ConfigError, match="is not a file"):
+        make_config(tiny_model, tmp_path / "c", class_prompt=None, class_prompts_file=str(tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="holds no prompt"):
+        generate_class_images(make_config(tiny_model, tmp_path / "c", class_prompt=None, class_prompts_file=str(empty)))
+    assert not list((tmp_path / "c").glob("*.png"))
