@@ -19,8 +19,8 @@ def base_path() -> Path:
 
 
 def load_pipeline(path: str | Path | None = None):
-    """A fp32 StableDiffusionPipeline (CPU) of the base, a fine-tuned model folder or a LoRA run's output folder
-    (its LoRA fused into the base its config names)."""
+    """A fp32 StableDiffusionPipeline (CPU) of the base, a fine-tuned model folder, or a LoRA run's output
+    folder or LoRA file (fused into the base the run's config names): whatever `train` returns as model_path."""
     import torch
     from diffusers import DPMSolverMultistepScheduler
     from ..models.pipeline import load_pipeline as load_any
