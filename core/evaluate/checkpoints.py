@@ -1,7 +1,7 @@
 """Scoring checkpoints during training (--checkpoint_metric): every checkpoint's weights draw the
 subject and class prompts, get the paper's metrics, and the scores go to
 OUTPUT_DIR/checkpoint_scores.jsonl; with --keep_best_model the best one so far by the chosen metric
-is saved as a diffusers pipeline in OUTPUT_DIR/best-model.
+is saved in OUTPUT_DIR/best-model (a diffusers pipeline, or a LoRA run's LoRA file).
 
 Two families: DINO / CLIP-I / CLIP-T / PRES / DIV with local DINO and CLIP weights
 (--metric_dino_model, --metric_clip_model), or the toy world's checker (toy_*), for the shipped
@@ -55,6 +55,19 @@ def best_entry(entries: list[dict], metric: str) -> dict:
     return max(entries, key=lambda e: (sign * e["scores"][metric], -e["step"]))  # ties: the earlier step
 
 
+def save_best(pipe, session, folder: Path) -> None:
+    """A full fine-tune's best weights as a diffusers pipeline; a LoRA run's as its LoRA file with the run's
+    config beside it (which names the base), as the run's own output: `generate --model best-model` loads either."""
+    if not session.config.use_lora:
+        pipe.save_pretrained(folder, safe_serialization=True)
+        return
+    from ..config import config_to_dict
+    from ..train.checkpoint import CONFIG_NAME
+    from ..train.save import save_lora
+    save_lora(pipe.unet, pipe.text_encoder, session.config, folder, session.global_step)
+    (folder / CONFIG_NAME).write_text(json.dumps(config_to_dict(session.config), indent=2), encoding="utf-8")
+
+
 @torch.no_grad()
 def score_checkpoint(session, callbacks) -> dict:
     """Score the session's current weights; record them and keep the best model if asked."""
@@ -78,7 +91,7 @@ def score_checkpoint(session, callbacks) -> dict:
     best = best_entry(read_scores(session.out), config.checkpoint_metric)
     if config.keep_best_model and best["step"] == session.global_step:
         with atomic_dir(session.out / "best-model") as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            save_best(pipe, session, Path(tmp))
             atomic_write_text(Path(tmp) / "score.json", json.dumps({**entry, "metric": config.checkpoint_metric}))
     emit(callbacks, "score", session.global_step, session.max_steps, scores=scores,
          metric=config.checkpoint_metric, best_step=best["step"], best=best["scores"][config.checkpoint_metric])

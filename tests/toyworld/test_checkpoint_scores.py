@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from sksbooth.config import TrainConfig
 from sksbooth.demo import demo_config, make_subject_images
 from sksbooth.errors import ConfigError
 from sksbooth.evaluate.checkpoints import best_entry, read_scores
-from sksbooth.toyworld.assets import base_path
+from sksbooth.models.lora_files import find_lora_file
+from sksbooth.models.pipeline import resolve_model_dir
+from sksbooth.toyworld.assets import base_path, load_pipeline
+from sksbooth.toyworld.quality import generate
 from sksbooth.train.loop import train
 
 
@@ -29,6 +33,21 @@ def test_checkpoints_are_scored_and_the_best_is_kept(tmp_path):
     kept = json.loads((tmp_path / "out" / "best-model" / "score.json").read_text())
     assert kept["step"] == best["step"] and kept["metric"] == "toy_fidelity"
     assert (tmp_path / "out" / "best-model" / "model_index.json").is_file()
+
+
+def test_a_lora_runs_best_checkpoint_is_kept_as_its_lora_file(tmp_path):
+    subject = make_subject_images(tmp_path / "subject")
+    config = dataclasses.replace(
+        demo_config(tmp_path / "out", base_path(), subject, steps=4, prior=True), num_class_images=4, use_ema=False,
+        use_lora=True, rank=4, validation_prompt=None, checkpointing_steps=4, checkpoint_metric="toy_fidelity",
+        metric_num_images=2, keep_best_model=True)
+    final = train(config).model_path
+    best = tmp_path / "out" / "best-model"
+    lora = find_lora_file(best)
+    assert lora is not None and resolve_model_dir(str(best)) == (base_path(), lora)  # the base, from its config
+    # one checkpoint, at the last step: the kept LoRA draws what the run's own LoRA draws
+    kept, last = (generate(load_pipeline(p), ["a photo of a sks toy"], seed=0, steps=4)[0] for p in (best, final))
+    assert np.abs(np.asarray(kept, dtype=int) - np.asarray(last, dtype=int)).max() <= 2
 
 
 def test_best_entry_follows_the_metric_direction():
