@@ -142,7 +142,7 @@ class TrainConfig:
     metric_dino_model: Optional[str] = opt(None, "Local DINO weights (a transformers folder) for --checkpoint_metric.")
     metric_clip_model: Optional[str] = opt(None, "Local CLIP weights (a transformers folder) for --checkpoint_metric.")
     metric_num_images: int = opt(4, "Images per prompt when --checkpoint_metric scores a checkpoint.")
-    keep_best_model: bool = opt(False, "With --checkpoint_metric: keep the best-scoring checkpoint's pipeline in OUTPUT_DIR/best-model.")
+    keep_best_model: bool = opt(False, "With --checkpoint_metric: keep the best-scoring checkpoint in OUTPUT_DIR/best-model (a diffusers pipeline; with --use_lora its LoRA file and the run's config), which generate --model loads.")
     # --- logging and launch (accepted for compatibility) ---------------------
     logging_dir: str = opt("logs", "Tracker log folder, under output_dir.")
     report_to: str = opt("none", "Trackers for accelerate (tensorboard, wandb, all, none). Our loss plot is always written.")
