@@ -70,12 +70,13 @@ def generate_class_images(config: ClassImagesConfig, callbacks: Iterable[Callbac
                                 "run again to continue.")
         batch = todo[start:start + config.sample_batch_size]
         generators = [torch.Generator("cpu").manual_seed(config.seed + k) for k in batch]
+        batch_prompts = [prompts[k % len(prompts)] for k in batch]
         with torch.no_grad():
-            images = pipe([prompts[k % len(prompts)] for k in batch], generator=generators,
+            images = pipe(batch_prompts, generator=generators,
                           num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                           height=size, width=size).images
-        for k, image in zip(batch, images):
-            path, prompt = folder / f"class_{k:05d}.png", prompts[k % len(prompts)]
+        for k, prompt, image in zip(batch, batch_prompts, images):
+            path = folder / f"class_{k:05d}.png"
             sidecar = {"prompt": prompt, "seed": config.seed + k, "steps": config.num_inference_steps,
                        "guidance_scale": config.guidance_scale, "size": size,
                        "model": str(config.pretrained_model_name_or_path)}

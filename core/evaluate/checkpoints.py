@@ -61,11 +61,10 @@ def save_best(pipe, session, folder: Path) -> None:
     if not session.config.use_lora:
         pipe.save_pretrained(folder, safe_serialization=True)
         return
-    from ..config import config_to_dict
-    from ..train.checkpoint import CONFIG_NAME
+    from ..train.checkpoint import write_run_config
     from ..train.save import save_lora
     save_lora(pipe.unet, pipe.text_encoder, session.config, folder, session.global_step)
-    (folder / CONFIG_NAME).write_text(json.dumps(config_to_dict(session.config), indent=2), encoding="utf-8")
+    write_run_config(folder, session.config)
 
 
 @torch.no_grad()

@@ -13,9 +13,15 @@ import torch
 
 from ..config import config_to_dict
 from ..errors import ConfigError
+from ..fsutil import atomic_write_text
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 CONFIG_NAME = "dreambooth_config.json"
+
+
+def write_run_config(folder: Path, config) -> Path:
+    """The run's config as CONFIG_NAME in `folder`: beside every output, it names the base and the settings."""
+    return atomic_write_text(Path(folder) / CONFIG_NAME, json.dumps(config_to_dict(config), indent=2))
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -58,7 +64,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dic
     torch.save(trainer_state, tmp / f"trainer_state_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_to_dict(config), indent=2), encoding="utf-8")
+        write_run_config(tmp, config)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..config import config_to_dict
 from ..fsutil import atomic_dir, atomic_file
-from .checkpoint import CONFIG_NAME
+from .checkpoint import write_run_config
 
 
 def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None, text_encoder_2=None) -> Path:
@@ -25,7 +23,7 @@ def save_final_model(parts, unet, text_encoder, config, out: Path, steps=None, t
             import shutil
             for name in ("text_encoder", "text_encoder_2"):
                 shutil.rmtree(tmp / name, ignore_errors=True)
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_to_dict(config), indent=2), encoding="utf-8")
+        write_run_config(tmp, config)
     if getattr(config, "save_single_file", False):  # OUTPUT_DIR/<name>.safetensors for A1111/ComfyUI
         from ..models.single_file import save_trained_single_file
         save_trained_single_file(unet, parts.vae, text_encoder, parts.noise_scheduler, config, out, steps,

@@ -19,7 +19,7 @@ from ..fsutil import atomic_write_text
 from ..models.load import SDComponents, load_components
 from ..cpu_precision import slow_bf16_warning
 from ..plan import budget_warning, plan_for_components
-from .checkpoint import CONFIG_NAME, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint, write_run_config
 from .report import read_jsonl, write_loss_plot
 from .sampling import write_sample_grid
 from .latents import cache_latents
@@ -123,7 +123,7 @@ def build_session(config: TrainConfig, accelerator, callbacks, stop) -> Session:
     torch.manual_seed(seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CONFIG_NAME, json.dumps(config_to_dict(config), indent=2))
+        write_run_config(out, config)
     resume_from = resolve_resume(out, config.resume_from_checkpoint)
     if accelerator.log_with:  # --report_to: tensorboard, wandb, ... (accelerate raises if not installed)
         accelerator.init_trackers("dreambooth", config={k: v for k, v in config_to_dict(config).items()
