@@ -107,6 +107,17 @@ def ema_note(c: dict) -> str:
     return f", the UNet's weights averaged (EMA decay {decay}, with warm-up)" if decay else ""
 
 
+def named_objects_line(made: dict) -> str:
+    named = made.get("named_objects")
+    if not named:
+        return ""
+    share = made["config"]["named_object_share"]
+    return (f"\n- named objects (sksbooth.toyworld.named_objects): {share:.0%} of the UNet's images show one of"
+            f" {len(named)} fixed looks of the world's classes, called by a word the world never uses"
+            f" ({', '.join(sorted(named))}: \"a photo of a {sorted(named)[0]} {named[sorted(named)[0]]['shape']}\");"
+            f" the text encoder never saw them, so to it those words are unknown, as \"sks\" is")
+
+
 def made_md(made: dict) -> str:
     c, s = made["config"], made.get("base_scores") or {"shape": float("nan"), "colour": float("nan"),
                                                             "background": float("nan")}
@@ -124,7 +135,7 @@ judge (`sksbooth.toyworld.checker`).
 - UNet + text encoder: {made['unet_steps']} steps of {c['unet_batch_size']}, lr {c['unet_lr']} cosine,
   caption dropout {c['caption_dropout']}, {c.get('prediction_type', 'epsilon')}, loss weighting
   {c.get('loss_weighting', 'min_snr')} (gamma {c['snr_gamma']}, floor {c.get('snr_floor', 0.0)}),
-  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{ema_note(c)}{text_encoder_note(made)}
+  {'bf16 autocast' if c.get('mixed_precision') == 'bf16' else 'fp32'}{ema_note(c)}{text_encoder_note(made)}{named_objects_line(made)}
 - final loss (mean of the last 200 steps): {made['final_loss']}
 
 Base on 96 full captions ("a photo of a <colour> <shape> on a <colour> background"; seed 0,

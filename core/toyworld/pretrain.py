@@ -105,6 +105,13 @@ class PretrainConfig:
         """Whether the text encoder is pretrained on its own before the UNet (by either objective)."""
         return self.text_encoder_steps > 0 or self.text_encoder_minutes > 0
 
+    # > 0: the UNet also learns this many named objects (sksbooth.toyworld.named_objects): each a fixed look of one
+    # of the world's classes called by an unknown word ("a photo of a qux toy"), as SD's web captions name
+    # brands and pets, so that a rare word before a class noun already means "this one" to the base; they make
+    # up `named_object_share` of the UNet's images. The text encoder never sees them: their words stay unknown
+    named_objects: int = 0
+    named_object_share: float = 0.1
+
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"--mixed_precision must be 'no' or 'bf16', not {self.mixed_precision!r}")
@@ -129,6 +136,9 @@ class PretrainConfig:
             raise ValueError(f"--unet_ema_decay must be 0 (off) or in (0, 1), not {self.unet_ema_decay}")
         if self.vae_from and vae_folder(self.vae_from) is None:
             raise ValueError(f"--vae_from {self.vae_from}: no diffusers VAE there (config.json or vae/config.json)")
+        if self.named_objects < 0 or not 0 < self.named_object_share < 1:
+            raise ValueError(f"--named_objects must be 0 (none) or more and --named_object_share in (0, 1), not "
+                             f"{self.named_objects} and {self.named_object_share}")
         if self.text_encoder_pooling not in POOLINGS:
             raise ValueError(f"--text_encoder_pooling must be one of {POOLINGS}, not {self.text_encoder_pooling!r}")
 
@@ -408,6 +418,14 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
     torch.manual_seed(config.seed)
     images, captions, _ = make_dataset(config.num_images, config.seed)
     log(f"world: {len(images)} images in {time.monotonic() - started:.0f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp))
+    world_ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
+    named = {}
+    if config.named_objects:
+        named_images, named_captions, named = add_named_objects(tokenizer, captions, config)
+        images, captions = np.concatenate([images, named_images]), captions + named_captions
+        log(f"named objects: {len(named_images)} images of {len(named)} designs, called {sorted(named)}")
     if config.vae_from:
         vae, vae_steps = load_vae(config.vae_from), 0
         log(f"vae: reused from {config.vae_from}")
@@ -415,19 +433,17 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
         vae, vae_steps = train_vae(vae_pictures(images, config), config, log)
     latents = encode_latents(vae, images)
     vae_minutes = (time.monotonic() - started) / 60
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp))
-    ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
+    ids = tokenize(tokenizer, captions)
     text_encoder, text = None, {}
     if config.pretrains_text_encoder:
         from .text_pretrain import pretrain_text_encoder
         text_encoder = build_text_encoder(config)
         budget = StepBudget(config.text_encoder_steps, config.text_encoder_minutes)
         if config.text_encoder_objective == "words":
-            steps, loss = pretrain_on_words(text_encoder, ids, budget, config.seed + 2, log, lr=config.text_encoder_lr,
+            steps, loss = pretrain_on_words(text_encoder, world_ids, budget, config.seed + 2, log, lr=config.text_encoder_lr,
                                             unknown_share=config.text_encoder_unknown_share)
         else:
-            steps, loss = pretrain_text_encoder(text_encoder, latents, ids, budget, config.seed + 2, log,
+            steps, loss = pretrain_text_encoder(text_encoder, latents[:len(world_ids)], world_ids, budget, config.seed + 2, log,
                                                 lr=config.text_encoder_lr, pooling=config.text_encoder_pooling)
         text = {"text_encoder_steps": steps, "text_encoder_loss": round(loss, 4)}
     unet, text_encoder, scheduler, final_loss, unet_steps, last_unet = train_denoiser(latents, ids, empty, config,
@@ -448,4 +464,15 @@ def pretrain(dest: Path, config: PretrainConfig = PretrainConfig(), log: Log = p
     return {"config": asdict(config), "minutes": round((time.monotonic() - started) / 60, 1),
             "vae_minutes": round(vae_minutes, 1), "vae_steps": vae_steps,
             "vae_precision": cpu_autocast_name(), "unet_steps": unet_steps,
-            "final_loss": round(final_loss, 4), **text}
+            "final_loss": round(final_loss, 4), **text, **({"named_objects": named} if named else {})}
+
+
+def add_named_objects(tokenizer, world_captions: list[str], config: PretrainConfig) -> tuple[np.ndarray, list[str], dict]:
+    """The named objects' images and captions (`named_object_share` of all the UNet's), and {name: design}."""
+    from .named_objects import make_named_dataset, named_designs, pick_names
+    world_words = {w for caption in world_captions for w in caption.split()}
+    designs = named_designs(config.named_objects, config.seed)
+    names = pick_names(tokenizer, config.named_objects, world_words, config.seed)
+    count = round(len(world_captions) * config.named_object_share / (1 - config.named_object_share))
+    images, captions = make_named_dataset(designs, names, count, config.seed)
+    return images, captions, {name: asdict(d) for name, d in zip(names, designs)}

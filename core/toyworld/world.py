@@ -88,16 +88,22 @@ def render(scene: Scene, rng: random.Random) -> Image.Image:
         draw_toy(d, scene, jitter(SUBJECT_BODY, rng, 6), jitter(SUBJECT_HEAD, rng, 6), SUBJECT_STRIPE)
         return im
     fill = jitter(COLOURS[scene.colour], rng)
-    if scene.shape == "circle":
+    if scene.shape == "toy":
+        draw_toy(d, scene, fill, fill)
+    else:
+        draw_flat_shape(d, scene.shape, x, y, h, fill)
+    return im
+
+
+def draw_flat_shape(d: ImageDraw.ImageDraw, shape: str, x: float, y: float, h: float, fill) -> None:
+    """A circle, square or triangle of height about `h` centred on (x, y)."""
+    if shape == "circle":
         d.ellipse((x - h / 2, y - h / 2, x + h / 2, y + h / 2), fill=fill)
-    elif scene.shape == "square":
+    elif shape == "square":
         s = h * 0.85
         d.rectangle((x - s / 2, y - s / 2, x + s / 2, y + s / 2), fill=fill)
-    elif scene.shape == "triangle":
-        d.polygon([(x, y - h / 2), (x - h / 2, y + h / 2), (x + h / 2, y + h / 2)], fill=fill)
     else:
-        draw_toy(d, scene, fill, fill)
-    return im
+        d.polygon([(x, y - h / 2), (x - h / 2, y + h / 2), (x + h / 2, y + h / 2)], fill=fill)
 
 
 def training_caption(scene: Scene, rng: random.Random) -> str:
