@@ -56,14 +56,18 @@ def best_entry(entries: list[dict], metric: str) -> dict:
 
 
 def save_best(pipe, session, folder: Path) -> None:
-    """A full fine-tune's best weights as a diffusers pipeline; a LoRA run's as its LoRA file with the run's
-    config beside it (which names the base), as the run's own output: `generate --model best-model` loads either."""
+    """A full fine-tune's best weights as a diffusers pipeline; a LoRA run's as its LoRA file (and identifier
+    embeddings) with the run's config beside it (which names the base), as the run's own output:
+    `generate --model best-model` loads either."""
     if not session.config.use_lora:
         pipe.save_pretrained(folder, safe_serialization=True)
         return
     from ..train.checkpoint import write_run_config
-    from ..train.save import save_lora
+    from ..train.save import save_identifier_embeddings, save_lora
     save_lora(pipe.unet, pipe.text_encoder, session.config, folder, session.global_step)
+    if session.config.train_text_encoder_ti:  # the identifier's vectors, which the LoRA file does not hold
+        save_identifier_embeddings(session.parts, (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)),
+                                   session.config, folder)
     write_run_config(folder, session.config)
 
 

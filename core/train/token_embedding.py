@@ -101,6 +101,13 @@ def merge_token_rows(text_encoder) -> Optional[torch.Tensor]:
     return embedding.rows.detach().float().cpu()
 
 
+def trained_token_rows(text_encoder) -> Optional[torch.Tensor]:
+    """The identifier's rows as training has them now (the table is left as it is), or None if the encoder
+    has none installed."""
+    embedding = text_encoder.get_input_embeddings()
+    return embedding.rows.detach().float().cpu() if isinstance(embedding, TrainedTokenRows) else None
+
+
 def save_embedding_files(out: Path, words: list[str], tokenizers: list, rows: list[torch.Tensor]) -> list[Path]:
     """OUTPUT_DIR/embeddings/<word>.safetensors, one per identifier word, in the textual-inversion
     layout A1111 and ComfyUI read: {"emb_params": vectors} for SD 1.x/2.x, {"clip_l", "clip_g"} for SDXL.

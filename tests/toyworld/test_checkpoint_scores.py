@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from sksbooth.config import TrainConfig
 from sksbooth.demo import demo_config, make_subject_images
@@ -40,11 +42,14 @@ def test_a_lora_runs_best_checkpoint_is_kept_as_its_lora_file(tmp_path):
     config = dataclasses.replace(
         demo_config(tmp_path / "out", base_path(), subject, steps=4, prior=True), num_class_images=4, use_ema=False,
         use_lora=True, rank=4, validation_prompt=None, checkpointing_steps=4, checkpoint_metric="toy_fidelity",
-        metric_num_images=2, keep_best_model=True)
+        metric_num_images=2, keep_best_model=True, train_text_encoder_ti=True)
     final = train(config).model_path
     best = tmp_path / "out" / "best-model"
     lora = find_lora_file(best)
     assert lora is not None and resolve_model_dir(str(best)) == (base_path(), lora)  # the base, from its config
+    # the identifier's trained vectors come with it, as they do with the run's own LoRA file
+    kept_rows, final_rows = (load_file(f / "embeddings" / "sks.safetensors")["emb_params"] for f in (best, final.parent))
+    assert torch.equal(kept_rows, final_rows)
     # one checkpoint, at the last step: the kept LoRA draws what the run's own LoRA draws
     kept, last = (generate(load_pipeline(p), ["a photo of a sks toy"], seed=0, steps=4)[0] for p in (best, final))
     assert np.abs(np.asarray(kept, dtype=int) - np.asarray(last, dtype=int)).max() <= 2
