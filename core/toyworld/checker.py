@@ -7,6 +7,7 @@ fidelity, PRES, DIV); its colour and background heads stand in for CLIP-T (promp
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -62,24 +63,39 @@ def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def labelled_batch(rng: random.Random, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """World images plus about one in six of the subject (no colour label: its colours are fixed)."""
-    scenes = [random_scene(rng, SUBJECT if rng.random() < 1 / 6 else None) for _ in range(count)]
-    images = [render(s, rng) for s in scenes]
+def labelled_batch(rng: random.Random, count: int, lookalike_share: float = 0.0
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """World images plus about one in six of the subject (no colour label: its colours are fixed), and with
+    `lookalike_share` > 0 that share of look-alikes: objects in colours outside the palette (sksbooth.toyworld.
+    named_objects' random designs, never the subject's orange or cyan), labelled by their shape. Without them
+    the subject is the only thing out of the palette the judge has seen, and it calls any such toy the subject:
+    a base pretrained on named objects drew "a photo of a sks toy" as striped many-coloured toys, and 59% of
+    them were "recognised" before any fine-tuning."""
+    from .named_objects import random_design, render_named
+    scenes, images = [], []
+    for _ in range(count):
+        r = rng.random()
+        scene = random_scene(rng, SUBJECT if r < 1 / 6 else None)
+        if r > 1 - lookalike_share:  # no colour label: its colours are not the palette's
+            scene = dataclasses.replace(scene, colour=None)
+            images.append(render_named(random_design(rng, scene.shape, rng.random() < 0.5), scene, rng))
+        else:
+            images.append(render(scene, rng))
+        scenes.append(scene)
     labels = {"shape": torch.tensor([SHAPE_LABELS.index(s.shape) for s in scenes]),
               "colour": torch.tensor([COLOUR_NAMES.index(s.colour) if s.colour else -100 for s in scenes]),
               "background": torch.tensor([COLOUR_NAMES.index(s.background) for s in scenes])}
     return to_tensor(images), labels
 
 
-def train_checker(steps: int = 600, batch_size: int = 64, seed: int = 0) -> Checker:
+def train_checker(steps: int = 600, batch_size: int = 64, seed: int = 0, lookalike_share: float = 0.0) -> Checker:
     torch.manual_seed(seed)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     model = Checker()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     for step in range(steps):
-        x, labels = labelled_batch(rng, batch_size)
+        x, labels = labelled_batch(rng, batch_size, lookalike_share)
         out = model(degrade(x, gen))
         loss = sum(F.cross_entropy(out[k], labels[k], ignore_index=-100) for k in labels)
         opt.zero_grad(set_to_none=True)
@@ -92,9 +108,9 @@ def train_checker(steps: int = 600, batch_size: int = 64, seed: int = 0) -> Chec
 
 
 @torch.no_grad()
-def accuracy(model: Checker, count: int = 1000, seed: int = 12345) -> dict[str, float]:
-    """Accuracy of each head on fresh (degraded) world images."""
-    x, labels = labelled_batch(random.Random(seed), count)
+def accuracy(model: Checker, count: int = 1000, seed: int = 12345, lookalike_share: float = 0.0) -> dict[str, float]:
+    """Accuracy of each head on fresh (degraded) world images (and that share of look-alikes)."""
+    x, labels = labelled_batch(random.Random(seed), count, lookalike_share)
     out = model(degrade(x, torch.Generator().manual_seed(seed)))
     result = {}
     for k, y in labels.items():

@@ -15,10 +15,13 @@ from .checker import accuracy, save_checker, train_checker
 from .pretrain import PretrainConfig, pretrain
 
 
-def parse(argv) -> tuple[Path, PretrainConfig, int]:
+def parse(argv) -> tuple[Path, PretrainConfig, dict]:
     p = argparse.ArgumentParser(prog="dreambooth toyworld-pretrain", description=__doc__)
     p.add_argument("dest", type=Path)
     p.add_argument("--checker_steps", type=int, default=1200, help="0 keeps the checker already in DEST")
+    p.add_argument("--checker_lookalike_share", type=float, default=0.0,
+                   help="the share of the checker's training images that are objects in colours outside the "
+                        "palette, labelled by shape, so that it calls only the subject the subject")
     for f in dataclasses.fields(PretrainConfig):
         kind = type(f.default)
         if kind is tuple:
@@ -28,21 +31,23 @@ def parse(argv) -> tuple[Path, PretrainConfig, int]:
         else:
             p.add_argument(f"--{f.name}", type=kind, default=f.default)
     args = vars(p.parse_args(argv))
-    dest, checker_steps = args.pop("dest"), args.pop("checker_steps")
+    dest, checker = args.pop("dest"), {"steps": args.pop("checker_steps"),
+                                       "lookalike_share": args.pop("checker_lookalike_share")}
     try:
-        return dest, PretrainConfig(**args), checker_steps
+        return dest, PretrainConfig(**args), checker
     except ValueError as e:  # an option the config refuses: argparse's usage line and exit code 2
         p.error(str(e))
 
 
 def main(argv=None) -> int:
-    dest, config, checker_steps = parse(argv)
+    dest, config, checker_options = parse(argv)
     started = time.monotonic()
     log = lambda s: print(f"[{(time.monotonic() - started) / 60:5.1f} min] {s}", flush=True)  # noqa: E731
-    if checker_steps:  # the judge first: it is not part of the base's time
-        checker = train_checker(steps=checker_steps, seed=config.seed)
+    if checker_options["steps"]:  # the judge first: it is not part of the base's time
+        checker = train_checker(seed=config.seed, **checker_options)
         save_checker(checker, dest)
-        log(f"checker: accuracy on fresh world images {accuracy(checker)}")
+        log(f"checker: accuracy on fresh world images {accuracy(checker)}, with look-alikes "
+            f"{accuracy(checker, lookalike_share=0.3)}")
     made = pretrain(dest / "base", config, log)
     made["command"] = "dreambooth toyworld-pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     if (dest / "checker.safetensors").is_file():

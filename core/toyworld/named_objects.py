@@ -39,25 +39,24 @@ def colour_distance(a: RGB, b: RGB) -> float:
     return sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
 
 
-def named_designs(count: int, seed: int = 0) -> list[Design]:
-    """`count` designs, the shapes in turn, in RGB colours kept away from the DreamBooth subject's orange and
-    cyan (so no named object is a near copy of the subject) and from each design's other colours."""
-    rng = random.Random(30_000 + seed)
-    avoid = (SUBJECT_BODY, SUBJECT_HEAD)
-
+def random_design(rng: random.Random, shape: str, striped: bool) -> Design:
+    """A look in RGB colours kept away from the DreamBooth subject's orange and cyan (so it is never a near
+    copy of the subject) and from each other."""
     def colour(others: tuple[RGB, ...]) -> RGB:
         while True:
             rgb = tuple(rng.randint(0, 255) for _ in range(3))
-            if all(colour_distance(rgb, o) > 100 for o in avoid + others):
+            if all(colour_distance(rgb, o) > 100 for o in (SUBJECT_BODY, SUBJECT_HEAD) + others):
                 return rgb
 
-    designs = []
-    for k in range(count):
-        body = colour(())
-        second = colour((body,))
-        stripe = colour((body, second)) if (k // len(SHAPES)) % 2 == 0 else None  # half of each shape's designs
-        designs.append(Design(SHAPES[k % len(SHAPES)], body, second, stripe))
-    return designs
+    body = colour(())
+    second = colour((body,))
+    return Design(shape, body, second, colour((body, second)) if striped else None)
+
+
+def named_designs(count: int, seed: int = 0) -> list[Design]:
+    """`count` designs, the shapes in turn, half of each shape's striped (only a toy shows its stripes)."""
+    rng = random.Random(30_000 + seed)
+    return [random_design(rng, SHAPES[k % len(SHAPES)], (k // len(SHAPES)) % 2 == 0) for k in range(count)]
 
 
 def render_named(design: Design, scene: Scene, rng: random.Random) -> Image.Image:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -123,10 +124,13 @@ def pretrain_on_words(text_encoder, ids: torch.Tensor, budget, seed: int, log, *
     pool = unknown_token_pool(torch.unique(ids), c.vocab_size, (c.bos_token_id, c.eos_token_id, c.pad_token_id))
     sample = insert_unknown_tokens(ids[:4096], unknown_share, pool, eos, marker, torch.Generator().manual_seed(seed))[1]
     vocabulary = torch.unique(sample)
+    rarity = inverse_document_frequency(sample, vocabulary)
+    missing = torch.from_numpy(np.setdiff1d(torch.unique(ids).numpy(), vocabulary.numpy()))
+    if len(missing):  # words of captions past the sample (a base's named objects come last): rarity from all
+        vocabulary, rarity = torch.cat([vocabulary, missing]), torch.cat([rarity, inverse_document_frequency(ids, missing)])
     # every word weighs a little, "a photo of" too: a state with nothing to name would be left free, and the
     # states before any insertion then learned to say "unknown" in every caption
-    head = TokenReconstruction(vocabulary, c.hidden_size, eos, "prefix",
-                               inverse_document_frequency(sample, vocabulary) + WORD_WEIGHT_FLOOR, padding=True)
+    head = TokenReconstruction(vocabulary, c.hidden_size, eos, "prefix", rarity + WORD_WEIGHT_FLOOR, padding=True)
     # only the world's words' embeddings learn: the inserted tokens' stay as initialised, like "sks"'s, so the
     # encoder learns to tell any untrained embedding from a world word instead of moving those it saw
     trained_rows = torch.zeros(c.vocab_size, 1)

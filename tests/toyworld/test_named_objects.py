@@ -1,4 +1,4 @@
-"""Named objects: fixed looks called by unknown words, which the base's UNet learns and its text encoder never sees."""
+"""Named objects: fixed looks called by words of their own, which the base learns and DreamBooth's "sks" is not."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def test_the_unet_learns_the_named_objects_and_the_text_encoder_never_reads_them(tmp_path):
+def test_the_unet_and_the_text_encoder_learn_the_named_objects_and_sks_stays_unknown(tmp_path):
     tiny = dict(num_images=32, vae_steps=2, vae_batch_size=4, unet_steps=3, unet_batch_size=4, text_width=32,
                 unet_channels=(32, 64), text_encoder_steps=3, text_encoder_objective="words",
                 text_encoder_unknown_share=0.3)
@@ -62,9 +62,13 @@ def test_the_unet_learns_the_named_objects_and_the_text_encoder_never_reads_them
                     log=logged.append)
     assert len(made["named_objects"]) == 4 and any("32 images of 4 designs" in line for line in logged)
     assert {d["shape"] for d in made["named_objects"].values()} == set(SHAPES)
-    # the text encoder pretrained on the world's captions alone: the same weights with or without named objects
-    plain, named = (weights(tmp_path / b / "text_encoder" / "model.safetensors") for b in ("plain", "named"))
-    assert all(torch.equal(plain[k], named[k]) for k in plain)
+    tokenizer = build_tokenizer(tmp_path / "tokenizer")
+    row = {w: tokenizer(w, add_special_tokens=False).input_ids[0] for w in [*made["named_objects"], "sks"]}
+    key = next(k for k in weights(tmp_path / "plain" / "text_encoder" / "model.safetensors") if "token_embedding" in k)
+    plain, named = (weights(tmp_path / b / "text_encoder" / "model.safetensors")[key] for b in ("plain", "named"))
+    # the names' embeddings learned, as the world's words do; "sks" never appears and stays as it was
+    assert all(not torch.equal(plain[row[w]], named[row[w]]) for w in made["named_objects"])
+    assert torch.equal(plain[row["sks"]], named[row["sks"]])
     plain, named = (weights(tmp_path / b / "unet" / "diffusion_pytorch_model.safetensors") for b in ("plain", "named"))
     assert any(not torch.equal(plain[k], named[k]) for k in plain)
 
