@@ -35,3 +35,27 @@ def test_to_tensor_takes_images_or_arrays():
     assert from_pil.shape == (1, 3, 64, 64) and from_pil.min() >= -1 and from_pil.max() <= 1
     import numpy as np
     assert torch.equal(from_pil, to_tensor(np.asarray(image)[None]))
+
+
+def test_look_alikes_are_objects_off_the_palette_labelled_by_their_shape():
+    import numpy as np
+    from sksbooth.toyworld.checker import labelled_batch
+    from sksbooth.toyworld.world import COLOURS
+    plain, plain_labels = labelled_batch(random.Random(3), 48)
+    again, _ = labelled_batch(random.Random(3), 48, lookalike_share=0.0)
+    assert torch.equal(plain, again)  # off by default: the shipped checker's batches are as they were
+    x, labels = labelled_batch(random.Random(3), 300, lookalike_share=0.4)
+    subject = labels["shape"] == SHAPE_LABELS.index(SUBJECT)
+    lookalike = (labels["colour"] == -100) & ~subject
+    assert 80 <= lookalike.sum() <= 160  # ~40% of 300
+    palette = torch.tensor(list(COLOURS.values())).float()
+
+    def off_palette_pixels(images):
+        pixels = ((images + 1) * 127.5).permute(0, 2, 3, 1).reshape(len(images), -1, 1, 3)
+        return ((pixels - palette).abs().sum(-1).min(-1).values > 80).sum(1)
+
+    # a look-alike's object is in colours the world does not use; a world object's is in the palette
+    assert (off_palette_pixels(x[lookalike]) > 80).float().mean() > 0.9
+    world = (labels["colour"] != -100)
+    assert (off_palette_pixels(x[world]) > 80).float().mean() < 0.1
+    assert set(labels["shape"][lookalike].tolist()) == {SHAPE_LABELS.index(s) for s in ("circle", "square", "triangle", "toy")}
