@@ -33,6 +33,8 @@ def parse(argv) -> tuple[Path, PretrainConfig, dict]:
     args = vars(p.parse_args(argv))
     dest, checker = args.pop("dest"), {"steps": args.pop("checker_steps"),
                                        "lookalike_share": args.pop("checker_lookalike_share")}
+    if not 0 <= checker["lookalike_share"] <= 0.5:  # the rest are world images and the subject
+        p.error(f"--checker_lookalike_share must be in [0, 0.5], not {checker['lookalike_share']}")
     try:
         return dest, PretrainConfig(**args), checker
     except ValueError as e:  # an option the config refuses: argparse's usage line and exit code 2

@@ -59,3 +59,12 @@ def test_look_alikes_are_objects_off_the_palette_labelled_by_their_shape():
     world = (labels["colour"] != -100)
     assert (off_palette_pixels(x[world]) > 80).float().mean() < 0.1
     assert set(labels["shape"][lookalike].tolist()) == {SHAPE_LABELS.index(s) for s in ("circle", "square", "triangle", "toy")}
+
+
+def test_the_command_line_refuses_a_look_alike_share_past_one_half(capsys):
+    import pytest
+    from sksbooth.toyworld.make import parse
+    assert parse(["dest", "--checker_lookalike_share", "0.3"])[2] == {"steps": 1200, "lookalike_share": 0.3}
+    with pytest.raises(SystemExit):
+        parse(["dest", "--checker_lookalike_share", "0.9"])
+    assert "--checker_lookalike_share must be in [0, 0.5]" in capsys.readouterr().err
