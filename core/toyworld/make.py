@@ -122,7 +122,7 @@ def named_objects_line(made: dict) -> str:
     return (f"\n- named objects (sksbooth.toyworld.named_objects): {share:.0%} of the UNet's images show one of"
             f" {len(named)} fixed looks of the world's classes, called by a word the world never uses"
             f" ({', '.join(sorted(named))}: \"a photo of a {sorted(named)[0]} {named[sorted(named)[0]]['shape']}\");"
-            f" the text encoder never saw them, so to it those words are unknown, as \"sks\" is")
+            f" the text encoder learned those words as it learned the world's; \"sks\" is never one of them")
 
 
 def made_md(made: dict) -> str:

@@ -95,7 +95,7 @@ def make_named_dataset(designs: list[Design], names: list[str], count: int, seed
 
 def pick_names(tokenizer, count: int, used_words: set[str], seed: int = 0) -> list[str]:
     """`count` short words that the CLIP tokenizer reads as one token each and the world's captions never
-    use (nor DreamBooth's "sks"): to the text encoder they are unknown words, as "sks" is."""
+    use, nor DreamBooth's "sks", which must stay a word the base has never seen."""
     words = sorted(token[:-4] for token in tokenizer.get_vocab() if re.fullmatch(r"[a-z]{3,4}</w>", token))
     random.Random(50_000 + seed).shuffle(words)
     names = []

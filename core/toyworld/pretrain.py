@@ -106,7 +106,7 @@ class PretrainConfig:
         return self.text_encoder_steps > 0 or self.text_encoder_minutes > 0
 
     # > 0: the UNet also learns this many named objects (sksbooth.toyworld.named_objects): each a fixed look of one
-    # of the world's classes called by an unknown word ("a photo of a qux toy"), as SD's web captions name
+    # of the world's classes called by a word of its own ("a photo of a qux toy"), as SD's web captions name
     # brands and pets, so that a rare word before a class noun already means "this one" to the base; they make
     # up `named_object_share` of the UNet's images. The text encoder learns their words as world words, as SD's CLIP
     # knows brand names: left unknown to it, all 16 words read alike and the UNet drew one blur of all the looks

@@ -35,17 +35,19 @@ def merge_identifier_embeddings(parts, encoders, config, out: Path) -> None:
     """--train_text_encoder_ti: the trained rows go into the encoders' own tables, so a full model
     saves in the base's layout; a LoRA run, which saves no text encoder, writes them as embedding files."""
     from .token_embedding import merge_token_rows
-    rows = [merge_token_rows(encoder) for encoder in encoders if encoder is not None]
     if config.use_lora:
-        save_identifier_embeddings(parts, encoders, config, out, rows)
+        save_identifier_embeddings(parts, encoders, config, out)
+    for encoder in encoders:
+        if encoder is not None:
+            merge_token_rows(encoder)
 
 
-def save_identifier_embeddings(parts, encoders, config, out: Path, rows=None) -> None:
-    """A LoRA run's --train_text_encoder_ti rows as OUT/embeddings/<word>.safetensors: `rows`, or the rows as
-    training has them now (a best checkpoint kept mid-run, its encoders still training)."""
+def save_identifier_embeddings(parts, encoders, config, out: Path) -> None:
+    """A LoRA run's --train_text_encoder_ti rows, as training has them now, as OUT/embeddings/<word>.safetensors
+    (at the end of the run, or for a best checkpoint kept mid-run)."""
     from .token_embedding import save_embedding_files, trained_token_rows
     pairs = [(e, t) for e, t in zip(encoders, (parts.tokenizer, parts.tokenizer_2)) if e is not None]
-    rows = rows if rows is not None else [trained_token_rows(encoder) for encoder, _ in pairs]
+    rows = [trained_token_rows(encoder) for encoder, _ in pairs]
     if pairs and all(r is not None for r in rows):
         save_embedding_files(out, config.identifier_words, [t for _, t in pairs], rows)
 

@@ -91,14 +91,11 @@ def install_token_rows(text_encoder, tokenizer, words: list[str]) -> TrainedToke
     return rows
 
 
-def merge_token_rows(text_encoder) -> Optional[torch.Tensor]:
-    """Write trained rows back into the encoder's own table (so it saves as the base's layout);
-    returns the rows, or None if the encoder had none installed."""
+def merge_token_rows(text_encoder) -> None:
+    """Write trained rows back into the encoder's own table (so it saves as the base's layout), if it has any."""
     embedding = text_encoder.get_input_embeddings()
-    if not isinstance(embedding, TrainedTokenRows):
-        return None
-    text_encoder.set_input_embeddings(embedding.merged())
-    return embedding.rows.detach().float().cpu()
+    if isinstance(embedding, TrainedTokenRows):
+        text_encoder.set_input_embeddings(embedding.merged())
 
 
 def trained_token_rows(text_encoder) -> Optional[torch.Tensor]:
