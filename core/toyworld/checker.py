@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ModelLoadError
 from ..fsutil import atomic_file
 from .world import COLOUR_NAMES, SHAPES, SUBJECT, random_scene, render
 
-SHAPE_LABELS = SHAPES + (SUBJECT,)
+NOTHING = "nothing"  # the judge's answer for a picture of no world object (sksbooth.toyworld.off_world)
+SHAPE_LABELS = SHAPES + (SUBJECT, NOTHING)
 FEATURES = 128
 
 
@@ -63,39 +65,50 @@ def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def labelled_batch(rng: random.Random, count: int, lookalike_share: float = 0.0
+def labelled_batch(rng: random.Random, count: int, lookalike_share: float = 0.0, nothing_share: float = 0.0
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """World images plus about one in six of the subject (no colour label: its colours are fixed), and with
-    `lookalike_share` > 0 that share of look-alikes: objects in colours outside the palette (sksbooth.toyworld.
-    named_objects' random designs, never the subject's orange or cyan), labelled by their shape. Without them
-    the subject is the only thing out of the palette the judge has seen, and it calls any such toy the subject:
-    a base pretrained on named objects drew "a photo of a sks toy" as striped many-coloured toys, and 59% of
-    them were "recognised" before any fine-tuning."""
+    """World images plus about one in six of the subject (no colour label: its colours are fixed), and
+    - with `lookalike_share` > 0, that share of look-alikes: objects in colours outside the palette
+      (sksbooth.toyworld.named_objects' random designs, never the subject's orange or cyan), labelled by their
+      shape. Without them the subject is the only thing out of the palette the judge has seen, and it calls
+      any such toy the subject: a base pretrained on named objects drew "a photo of a sks toy" as striped
+      many-coloured toys, and 59% of them were "recognised" before any fine-tuning;
+    - with `nothing_share` > 0, that share of pictures of no world object (sksbooth.toyworld.off_world),
+      labelled NOTHING, with a background label only where the picture is a bare palette ground."""
     from .named_objects import random_design, render_named
-    scenes, images = [], []
+    from .off_world import off_world_image
+    images, shape, colour, background = [], [], [], []
     for _ in range(count):
         r = rng.random()
+        if 1 - lookalike_share - nothing_share < r <= 1 - lookalike_share:
+            image, ground = off_world_image(rng)
+            images.append(image)
+            shape.append(SHAPE_LABELS.index(NOTHING))
+            colour.append(-100)
+            background.append(COLOUR_NAMES.index(ground) if ground else -100)
+            continue
         scene = random_scene(rng, SUBJECT if r < 1 / 6 else None)
         if r > 1 - lookalike_share:  # no colour label: its colours are not the palette's
             scene = dataclasses.replace(scene, colour=None)
             images.append(render_named(random_design(rng, scene.shape, rng.random() < 0.5), scene, rng))
         else:
             images.append(render(scene, rng))
-        scenes.append(scene)
-    labels = {"shape": torch.tensor([SHAPE_LABELS.index(s.shape) for s in scenes]),
-              "colour": torch.tensor([COLOUR_NAMES.index(s.colour) if s.colour else -100 for s in scenes]),
-              "background": torch.tensor([COLOUR_NAMES.index(s.background) for s in scenes])}
+        shape.append(SHAPE_LABELS.index(scene.shape))
+        colour.append(COLOUR_NAMES.index(scene.colour) if scene.colour else -100)
+        background.append(COLOUR_NAMES.index(scene.background))
+    labels = {"shape": torch.tensor(shape), "colour": torch.tensor(colour), "background": torch.tensor(background)}
     return to_tensor(images), labels
 
 
-def train_checker(steps: int = 600, batch_size: int = 64, seed: int = 0, lookalike_share: float = 0.0) -> Checker:
+def train_checker(steps: int = 600, batch_size: int = 64, seed: int = 0, lookalike_share: float = 0.0,
+                  nothing_share: float = 0.0) -> Checker:
     torch.manual_seed(seed)
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     model = Checker()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     for step in range(steps):
-        x, labels = labelled_batch(rng, batch_size, lookalike_share)
+        x, labels = labelled_batch(rng, batch_size, lookalike_share, nothing_share)
         out = model(degrade(x, gen))
         loss = sum(F.cross_entropy(out[k], labels[k], ignore_index=-100) for k in labels)
         opt.zero_grad(set_to_none=True)
@@ -108,9 +121,11 @@ def train_checker(steps: int = 600, batch_size: int = 64, seed: int = 0, lookali
 
 
 @torch.no_grad()
-def accuracy(model: Checker, count: int = 1000, seed: int = 12345, lookalike_share: float = 0.0) -> dict[str, float]:
-    """Accuracy of each head on fresh (degraded) world images (and that share of look-alikes)."""
-    x, labels = labelled_batch(random.Random(seed), count, lookalike_share)
+def accuracy(model: Checker, count: int = 1000, seed: int = 12345, lookalike_share: float = 0.0,
+             nothing_share: float = 0.0) -> dict[str, float]:
+    """Accuracy of each head on fresh (degraded) world images (and those shares of look-alikes and of
+    pictures of no world object)."""
+    x, labels = labelled_batch(random.Random(seed), count, lookalike_share, nothing_share)
     out = model(degrade(x, torch.Generator().manual_seed(seed)))
     result = {}
     for k, y in labels.items():
@@ -129,8 +144,15 @@ def save_checker(model: Checker, folder: Path) -> Path:
 
 def load_checker(folder: Path) -> Checker:
     from safetensors.torch import load_file
+    path = Path(folder) / "checker.safetensors"
+    weights = load_file(str(path))
+    answers = weights["shape.weight"].shape[0]
+    if answers != len(SHAPE_LABELS):  # made before the judge could answer "nothing"
+        raise ModelLoadError(f"{path} names {answers} shapes; this version's checker names {len(SHAPE_LABELS)} "
+                             f"({', '.join(SHAPE_LABELS)}). Train a new one with `dreambooth toyworld-pretrain "
+                             f"{Path(folder)} --checker_only`, or use the one shipped with sksbooth.")
     model = Checker()
-    model.load_state_dict({k: v.float() for k, v in load_file(str(Path(folder) / "checker.safetensors")).items()})
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
     return model.eval()
 
 

@@ -19,9 +19,14 @@ def parse(argv) -> tuple[Path, PretrainConfig, dict]:
     p = argparse.ArgumentParser(prog="dreambooth toyworld-pretrain", description=__doc__)
     p.add_argument("dest", type=Path)
     p.add_argument("--checker_steps", type=int, default=1200, help="0 keeps the checker already in DEST")
-    p.add_argument("--checker_lookalike_share", type=float, default=0.0,
+    p.add_argument("--checker_lookalike_share", type=float, default=0.25,
                    help="the share of the checker's training images that are objects in colours outside the "
                         "palette, labelled by shape, so that it calls only the subject the subject")
+    p.add_argument("--checker_nothing_share", type=float, default=0.15,
+                   help="the share of the checker's training images that show no world object (bands, bare "
+                        "grounds, colour noise, smears, clutter), so that it can say so of a failed generation")
+    p.add_argument("--checker_only", action="store_true",
+                   help="train the checker into DEST (checker.safetensors, checker.json) and stop")
     for f in dataclasses.fields(PretrainConfig):
         kind = type(f.default)
         if kind is tuple:
@@ -31,10 +36,16 @@ def parse(argv) -> tuple[Path, PretrainConfig, dict]:
         else:
             p.add_argument(f"--{f.name}", type=kind, default=f.default)
     args = vars(p.parse_args(argv))
-    dest, checker = args.pop("dest"), {"steps": args.pop("checker_steps"),
-                                       "lookalike_share": args.pop("checker_lookalike_share")}
-    if not 0 <= checker["lookalike_share"] <= 0.5:  # the rest are world images and the subject
-        p.error(f"--checker_lookalike_share must be in [0, 0.5], not {checker['lookalike_share']}")
+    dest, checker_only = args.pop("dest"), args.pop("checker_only")
+    checker = {"steps": args.pop("checker_steps"), "lookalike_share": args.pop("checker_lookalike_share"),
+               "nothing_share": args.pop("checker_nothing_share")}
+    shares = (checker["lookalike_share"], checker["nothing_share"])
+    if min(shares) < 0 or sum(shares) > 0.5:  # the rest are world images and the subject
+        p.error(f"--checker_lookalike_share and --checker_nothing_share must be at least 0 and add up to at most "
+                f"0.5, not {shares[0]} + {shares[1]}")
+    if checker_only and not checker["steps"]:
+        p.error("--checker_only needs --checker_steps above 0")
+    checker["only"] = checker_only
     try:
         return dest, PretrainConfig(**args), checker
     except ValueError as e:  # an option the config refuses: argparse's usage line and exit code 2
@@ -45,19 +56,35 @@ def main(argv=None) -> int:
     dest, config, checker_options = parse(argv)
     started = time.monotonic()
     log = lambda s: print(f"[{(time.monotonic() - started) / 60:5.1f} min] {s}", flush=True)  # noqa: E731
+    command = "dreambooth toyworld-pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    only = checker_options.pop("only")
     if checker_options["steps"]:  # the judge first: it is not part of the base's time
-        checker = train_checker(seed=config.seed, **checker_options)
-        save_checker(checker, dest)
-        log(f"checker: accuracy on fresh world images {accuracy(checker)}, with look-alikes "
-            f"{accuracy(checker, lookalike_share=0.3)}")
+        make_checker(dest, command, config.seed, checker_options, log)
+    if only:
+        return 0
     made = pretrain(dest / "base", config, log)
-    made["command"] = "dreambooth toyworld-pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    made["command"] = command
     if (dest / "checker.safetensors").is_file():
         made["base_scores"] = score_base_model(dest)
     atomic_write_text(dest / "made.json", json.dumps(made, indent=1))
     atomic_write_text(dest / "MADE.md", made_md(made))
     log(f"done: {made}")
     return 0
+
+
+def make_checker(dest: Path, command: str, seed: int, options: dict, log) -> dict:
+    """Train the judge into DEST and record how (checker.json): its accuracy on fresh world images, on
+    look-alikes and on pictures of no world object, each degraded like a small model's output."""
+    started = time.monotonic()
+    checker = train_checker(seed=seed, **options)
+    save_checker(checker, dest)
+    made = {"command": command, "seed": seed, **options, "minutes": round((time.monotonic() - started) / 60, 1),
+            "accuracy": {name: {k: round(v, 4) for k, v in accuracy(checker, **shares).items()} for name, shares in
+                         (("world", {}), ("lookalikes_0.3", {"lookalike_share": 0.3}),
+                          ("nothing_0.3", {"nothing_share": 0.3}))}}
+    atomic_write_text(dest / "checker.json", json.dumps(made, indent=1))
+    log(f"checker: {made['accuracy']}")
+    return made
 
 
 def score_base_model(dest: Path, count: int = 96) -> dict:

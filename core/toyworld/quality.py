@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..evaluate.metrics import div, pres, subject_fidelity
-from .checker import SHAPE_LABELS, Checker, to_tensor
+from .checker import NOTHING, SHAPE_LABELS, Checker, to_tensor
 from .world import COLOUR_NAMES, SHAPES, SUBJECT, on_background, random_scene
 
 INSTANCE_PROMPT = "a photo of a sks toy"
@@ -66,7 +66,7 @@ def score_dreambooth(pipe, checker: Checker, real_subject, per_prompt: int = 8, 
     class_images = class_images or generate(pipe, [class_prompt] * (2 * per_prompt), seed=seed + 10_000, **gen)
     klass = judge(checker, class_images)
     real = judge(checker, real_subject)["features"]
-    subject_label = SHAPE_LABELS.index(SUBJECT)
+    subject_label, nothing = SHAPE_LABELS.index(SUBJECT), SHAPE_LABELS.index(NOTHING)
     return {
         "subject_fidelity": subject_fidelity(subject["features"], real),
         "subject_recognised": (subject["shape"] == subject_label).float().mean().item(),
@@ -75,4 +75,7 @@ def score_dreambooth(pipe, checker: Checker, real_subject, per_prompt: int = 8, 
         "div": div(klass["features"]),
         "class_drift": (klass["shape"] == subject_label).float().mean().item(),
         "class_is_toy": (klass["shape"] == SHAPE_LABELS.index("toy")).float().mean().item(),
+        # a failed model draws bands or smears, not objects; DIV over those would read as diversity
+        "subject_nothing": (subject["shape"] == nothing).float().mean().item(),
+        "class_nothing": (klass["shape"] == nothing).float().mean().item(),
     }

@@ -14,7 +14,9 @@ ROWS = tuple(on_background(INSTANCE_PROMPT, b) for b in SUBJECT_BACKGROUNDS) + (
 LABELS = {"subject_recognised": "subject recognised (checker)", "subject_fidelity": "subject fidelity (DINO-like)",
           "prompt_fidelity": "asked background drawn (CLIP-T-like)", "pres": "PRES (lower is better)",
           "div": "DIV (higher is more diverse)", "class_drift": "class prompt drawn as the subject",
-          "class_is_toy": "class prompt drawn as a toy"}
+          "class_is_toy": "class prompt drawn as a toy",
+          "subject_nothing": "subject prompt drawn as no world object",
+          "class_nothing": "class prompt drawn as no world object"}
 
 
 def grid(images: list[Image.Image], columns: int) -> Image.Image:

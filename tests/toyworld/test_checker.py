@@ -61,10 +61,82 @@ def test_look_alikes_are_objects_off_the_palette_labelled_by_their_shape():
     assert set(labels["shape"][lookalike].tolist()) == {SHAPE_LABELS.index(s) for s in ("circle", "square", "triangle", "toy")}
 
 
-def test_the_command_line_refuses_a_look_alike_share_past_one_half(capsys):
+def test_the_command_line_refuses_shares_past_one_half(capsys):
     import pytest
     from sksbooth.toyworld.make import parse
-    assert parse(["dest", "--checker_lookalike_share", "0.3"])[2] == {"steps": 1200, "lookalike_share": 0.3}
+    assert parse(["dest", "--checker_lookalike_share", "0.3", "--checker_nothing_share", "0.1"])[2] == {
+        "steps": 1200, "lookalike_share": 0.3, "nothing_share": 0.1, "only": False}
+    for shares in (["--checker_lookalike_share", "0.9"], ["--checker_lookalike_share", "0.3", "--checker_nothing_share",
+                                                         "0.3"], ["--checker_nothing_share", "-0.1"]):
+        with pytest.raises(SystemExit):
+            parse(["dest", *shares])
+        assert "must be at least 0 and add up to at most 0.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parse(["dest", "--checker_lookalike_share", "0.9"])
-    assert "--checker_lookalike_share must be in [0, 0.5]" in capsys.readouterr().err
+        parse(["dest", "--checker_only", "--checker_steps", "0"])
+    assert "--checker_only needs --checker_steps above 0" in capsys.readouterr().err
+
+
+def test_pictures_of_no_world_object_are_labelled_nothing_with_a_ground_only_when_bare():
+    from sksbooth.toyworld.checker import NOTHING, labelled_batch
+    from sksbooth.toyworld.world import COLOUR_NAMES, COLOURS
+    x, labels = labelled_batch(random.Random(4), 400, lookalike_share=0.2, nothing_share=0.3)
+    nothing = labels["shape"] == SHAPE_LABELS.index(NOTHING)
+    assert 90 <= nothing.sum() <= 150  # ~30% of 400
+    assert (labels["colour"][nothing] == -100).all()
+    bare = nothing & (labels["background"] != -100)
+    assert 0 < bare.sum() < nothing.sum()
+    for image, ground in zip(x[bare], labels["background"][bare]):  # one flat colour: the named ground
+        rgb = ((image + 1) * 127.5).reshape(3, -1)
+        assert rgb.std(1).max() < 1
+        assert (rgb.mean(1) - torch.tensor(COLOURS[COLOUR_NAMES[ground]])).abs().max() <= 9
+    assert (labels["background"][~nothing] != -100).all()  # world objects and look-alikes keep theirs
+
+
+def test_the_shipped_checker_says_nothing_of_pictures_without_a_world_object_and_names_look_alikes_shapes():
+    from sksbooth.toyworld.checker import NOTHING, labelled_batch
+    from sksbooth.toyworld.off_world import bands, clutter, noise
+    from sksbooth.toyworld.quality import judge
+    checker = load_shipped_checker()
+    rng = random.Random(31)
+    for kind in (bands, noise, clutter):
+        verdict = judge(checker, [kind(rng) for _ in range(40)])["shape"]
+        assert (verdict == SHAPE_LABELS.index(NOTHING)).float().mean() >= 0.9, kind.__name__
+    scores = accuracy(checker, count=400, seed=778, lookalike_share=0.3, nothing_share=0.2)
+    assert scores["shape"] >= 0.95, scores
+    # look-alikes are named by their shape, not taken for the subject
+    x, labels = labelled_batch(random.Random(9), 300, lookalike_share=0.5)
+    lookalike = (labels["colour"] == -100) & (labels["shape"] != SHAPE_LABELS.index(SUBJECT))
+    verdict = judge(checker, list_of_images(x[lookalike]))["shape"]
+    assert (verdict == SHAPE_LABELS.index(SUBJECT)).float().mean() <= 0.03
+
+
+def list_of_images(x):
+    from PIL import Image
+    arr = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def test_a_checker_made_before_the_nothing_answer_is_refused_with_the_command_to_remake_it(tmp_path):
+    import pytest
+    from safetensors.torch import load_file, save_file
+    from sksbooth.errors import ModelLoadError
+    from sksbooth.toyworld.assets import ASSETS
+    from sksbooth.toyworld.checker import load_checker
+    old = load_file(str(ASSETS / "checker.safetensors"))
+    old["shape.weight"], old["shape.bias"] = old["shape.weight"][:5].clone(), old["shape.bias"][:5].clone()
+    save_file(old, str(tmp_path / "checker.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"names 5 shapes.*toyworld-pretrain .* --checker_only"):
+        load_checker(tmp_path)
+
+
+def test_checker_only_trains_the_judge_alone_and_records_how(tmp_path):
+    import json
+    from sksbooth.toyworld.checker import load_checker
+    from sksbooth.toyworld.make import main
+    assert main([str(tmp_path), "--checker_only", "--checker_steps", "4"]) == 0
+    made = json.loads((tmp_path / "checker.json").read_text())
+    assert made["steps"] == 4 and made["lookalike_share"] == 0.25 and made["nothing_share"] == 0.15
+    assert set(made["accuracy"]) == {"world", "lookalikes_0.3", "nothing_0.3"}
+    assert "--checker_only" in made["command"]
+    load_checker(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checker.json", "checker.safetensors"]  # no base
