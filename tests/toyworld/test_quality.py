@@ -1,5 +1,6 @@
 """DreamBooth works on the shipped toy-world base: a few dozen fine-tuning steps on the subject's
-photos make subject-prompt generations measurably closer to the subject than before."""
+photos make subject-prompt generations measurably closer to the subject than before; and the scores count
+failed pictures as no world object."""
 
 from __future__ import annotations
 
@@ -31,3 +32,19 @@ def test_a_few_dozen_steps_bring_the_subject_closer(tmp_path):
     after = closeness(train(config).model_path, checker, real)
     print(f"subject fidelity before {before:.3f}, after 40 steps {after:.3f}")
     assert after > before + 0.05  # measured: 0.26 -> 0.37 (cosine similarity of checker features)
+
+
+def test_class_pictures_of_no_world_object_are_counted_as_such_not_as_toys():
+    import random
+    from sksbooth.toyworld.off_world import bands
+    from sksbooth.toyworld.quality import score_dreambooth
+    from sksbooth.toyworld.world import random_scene, render, subject_images
+    checker, rng = load_shipped_checker(), random.Random(2)
+    pipe = load_pipeline(base_path())
+    failed = score_dreambooth(pipe, checker, subject_images(3), per_prompt=1, steps=4,
+                              class_images=[bands(rng) for _ in range(8)])
+    assert failed["class_nothing"] == 1.0 and failed["class_is_toy"] == 0.0
+    toys = score_dreambooth(pipe, checker, subject_images(3), per_prompt=1, steps=4,
+                            class_images=[render(random_scene(rng, "toy"), rng) for _ in range(8)])
+    assert toys["class_nothing"] == 0.0 and toys["class_is_toy"] == 1.0
+    assert 0 <= failed["subject_nothing"] <= 1
