@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .world import COLOUR_NAMES, COLOURS, SIZE, jitter, random_scene, render
 
-KINDS = ("bare", "bands", "noise", "smear", "clutter")
 RGB = tuple[int, int, int]
 
 
@@ -70,7 +69,8 @@ def clutter(rng: random.Random) -> Image.Image:
 
 def off_world_image(rng: random.Random) -> tuple[Image.Image, Optional[str]]:
     """A picture of no world object, and its background's palette name where it has one (a bare ground)."""
-    kind = rng.choice(KINDS)
-    if kind == "bare":
-        return bare(rng)
-    return {"bands": bands, "noise": noise, "smear": smear, "clutter": clutter}[kind](rng), None
+    kind = rng.choice(("bare", *GROUNDLESS))
+    return bare(rng) if kind == "bare" else (GROUNDLESS[kind](rng), None)
+
+
+GROUNDLESS = {"bands": bands, "noise": noise, "smear": smear, "clutter": clutter}  # no one ground to name

@@ -106,14 +106,9 @@ def test_the_shipped_checker_says_nothing_of_pictures_without_a_world_object_and
     # look-alikes are named by their shape, not taken for the subject
     x, labels = labelled_batch(random.Random(9), 300, lookalike_share=0.5)
     lookalike = (labels["colour"] == -100) & (labels["shape"] != SHAPE_LABELS.index(SUBJECT))
-    verdict = judge(checker, list_of_images(x[lookalike]))["shape"]
+    with torch.no_grad():
+        verdict = checker(x[lookalike])["shape"].argmax(1)
     assert (verdict == SHAPE_LABELS.index(SUBJECT)).float().mean() <= 0.03
-
-
-def list_of_images(x):
-    from PIL import Image
-    arr = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def test_a_checker_made_before_the_nothing_answer_is_refused_with_the_command_to_remake_it(tmp_path):
